@@ -1,0 +1,105 @@
+"""The single place that chooses a backend for the fused ops, and says why the others were skipped.
+
+``backend="auto"`` picks, in order, ``cuda`` (compiled extension, CUDA tensors) -> ``triton`` (CUDA
+tensors, or any tensor under ``TRITON_INTERPRET=1``) -> ``cpp`` (compiled extension, CPU tensors) ->
+``reference`` (pure PyTorch, always there). A backend named explicitly that cannot run raises a
+``RuntimeError`` carrying the reason. Nothing here touches a GPU at import time: availability is probed
+lazily, on the first call, and cached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import torch
+
+from .dct import reference as dct_ref
+from .lanczos import reference as lanczos_ref
+from .noise import reference as noise_ref
+from .rng import reference as rng_ref
+
+BACKENDS = ("auto", "reference", "triton", "cpp", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """The fused ops of one backend; every backend offers the same signatures as the reference."""
+
+    name: str
+    normal: Callable  # rng: philox_normal(seed, shape, *, sample_offset, step, stream, dtype, device)
+    analysis: Callable  # dct: F x
+    synthesis: Callable  # dct: F^T c
+    probe_tangent: Callable  # noise: F^T z from (seed, counters)
+    structured_step: Callable  # noise: the whole cov_ddim / diag_hutchinson update
+    lanczos_update: Callable  # lanczos: one iteration given J q_j
+    tridiagonal_sqrt_e1: Callable  # lanczos: sqrt(T_S) e_1, batched k x k
+    lanczos_synthesis: Callable  # lanczos: m + ||xi|| Q g
+
+
+REFERENCE = Backend(
+    name="reference",
+    normal=rng_ref.philox_normal,
+    analysis=dct_ref.analysis,
+    synthesis=dct_ref.synthesis,
+    probe_tangent=noise_ref.probe_tangent,
+    structured_step=noise_ref.structured_step,
+    lanczos_update=lanczos_ref.lanczos_update,
+    tridiagonal_sqrt_e1=lanczos_ref.tridiagonal_sqrt_e1,
+    lanczos_synthesis=lanczos_ref.lanczos_synthesis,
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(name: str) -> tuple[Backend | None, str]:
+    """(backend or None, reason). Cached: import attempts and compiler checks run once per process."""
+    if name == "reference":
+        return REFERENCE, "pure PyTorch; always available (the oracle for every other backend)"
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return None, f"Triton is not importable ({exc}); `pip install triton` on a CUDA machine"
+        return None, "no fused Triton kernels in this version of covkernels yet"
+    if name in ("cpp", "cuda"):
+        return None, "the compiled extension covkernels._C is not part of this version of covkernels yet"
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+def backend_status() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every concrete backend (what ``covkernels info`` prints)."""
+    return {name: (_probe(name)[0] is not None, _probe(name)[1]) for name in BACKENDS[1:]}
+
+
+def _device_ok(name: str, device: torch.device) -> tuple[bool, str]:
+    if name == "cuda" and device.type != "cuda":
+        return False, f"the cuda backend needs CUDA tensors, got a {device.type} tensor"
+    if name == "cpp" and device.type != "cpu":
+        return False, f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
+    return True, ""
+
+
+def explain(backend: str, device: torch.device | str) -> tuple[Backend, list[str]]:
+    """Resolve ``backend`` for tensors on ``device``; also return one line per backend skipped and why."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend != "auto":
+        impl, reason = _probe(backend)
+        ok, why = _device_ok(backend, device)
+        if impl is None or not ok:
+            raise RuntimeError(f"backend={backend!r} cannot run: {reason if impl is None else why}")
+        return impl, []
+    skipped = []
+    for name in ("cuda", "triton", "cpp", "reference"):
+        impl, reason = _probe(name)
+        ok, why = _device_ok(name, device)
+        if impl is not None and ok:
+            return impl, skipped
+        skipped.append(f"{name}: {reason if impl is None else why}")
+    raise AssertionError("unreachable: the reference backend is always available")
+
+
+def resolve(backend: str, device: torch.device | str) -> Backend:
+    """The :class:`Backend` that ``backend`` ("auto" or a name) means for tensors on ``device``."""
+    return explain(backend, device)[0]

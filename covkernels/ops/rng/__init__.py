@@ -1,0 +1,1 @@
+"""See reference.py: the pure-PyTorch oracle of this op."""

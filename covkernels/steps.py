@@ -1,0 +1,180 @@
+"""One reverse step of each covariance-aware method, backend-agnostic (DESIGN.md 1).
+
+A :class:`StepContext` holds what one sampling call shares across steps: the validated model caller
+(shape/dtype/finiteness checks, NFE count), the run seed drawn once from the caller's generator, the
+sample offset that makes noise independent of batch layout, the JVP strategy and the resolved backend of
+fused ops. Step functions take ``x_t`` ``(B, C, H, W)`` (``(B, ...)`` for the pixel-space samplers) and
+return ``(x_s, denoised)``. The last step to sigma = 0 is handled by the sampler loop: it returns the
+mean, with one plain model call and no JVP.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import jvp as jvp_engine
+from .ops import dispatch
+from .ops.dct.reference import BASES, check_block
+from .ops.noise.reference import ddim_mean, work_dtype
+from .ops.rng.reference import STREAM_NOISE
+
+
+class NonFiniteError(ValueError):
+    """The model returned NaN or Inf; the message names the step and sigma."""
+
+
+def ancestral_split(sigma_t: float, sigma_s: float, eta: float) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` of k-diffusion's ancestral step (eta = 0: DDIM, eta = 1: DDPM)."""
+    if not eta:
+        return sigma_s, 0.0
+    sigma_up = min(sigma_s, eta * math.sqrt(sigma_s ** 2 * (sigma_t ** 2 - sigma_s ** 2) / sigma_t ** 2))
+    return math.sqrt(sigma_s ** 2 - sigma_up ** 2), sigma_up
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """The 63-bit run seed: the only draw a sampler makes from the caller's generator (or, with None,
+    from torch's default generator, so ``torch.manual_seed`` works as in k-diffusion)."""
+    if generator is None:
+        return int(torch.randint(0, 2 ** 63 - 1, ()))
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, device=generator.device))
+
+
+def check_eta(eta) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    return float(eta)
+
+
+def check_c_max(c_max, allow_none: bool) -> float | None:
+    if c_max is None and allow_none:
+        return None
+    if isinstance(c_max, bool) or not isinstance(c_max, (int, float)) or not c_max > 0 or not math.isfinite(c_max):
+        raise ValueError(f"c_max must be a positive finite number{' or None' if allow_none else ''}, got {c_max!r}")
+    return float(c_max)
+
+
+def check_basis(basis, block, x: torch.Tensor) -> None:
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+    if basis != "identity" and x.dim() != 4:
+        raise ValueError(f"basis={basis!r} needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}")
+    if basis == "convdct":
+        check_block(x.shape, block)
+
+
+def check_count(value, name: str, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise ValueError(f"{name} must be an int in [1, {upper}], got {value!r}")
+    return value
+
+
+class StepContext:
+    """Per-call state shared by the steps of one sampling run."""
+
+    def __init__(self, model, x: torch.Tensor, extra_args: dict | None, *, generator=None, sample_offset: int = 0,
+                 backend: str = "auto", jvp: str = "auto", check_finite: bool = True):
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
+        if jvp not in jvp_engine.STRATEGIES:
+            raise ValueError(f"jvp must be one of {jvp_engine.STRATEGIES}, got {jvp!r}")
+        if isinstance(sample_offset, bool) or not isinstance(sample_offset, int) or sample_offset < 0:
+            raise ValueError(f"sample_offset must be a non-negative int, got {sample_offset!r}")
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(f"extra_args must be a dict or None, got {type(extra_args).__name__}")
+        self.model, self.extra = model, ({} if extra_args is None else extra_args)
+        self.ops = dispatch.resolve(backend, x.device)
+        self.jvp_strategy, self.check_finite = jvp, bool(check_finite)
+        self.seed, self.sample_offset = draw_seed(generator), sample_offset
+        self.s_in = x.new_ones([x.shape[0]])
+        self.nfe = 0
+
+    def _checked(self, out, x: torch.Tensor, step: int, sigma: float, what: str) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model must return a tensor, got {type(out).__name__} ({what} at step {step})")
+        if out.shape != x.shape:
+            raise ValueError(f"model returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)} "
+                             f"({what} at step {step}, sigma={sigma:.6g})")
+        if out.dtype != x.dtype:
+            raise TypeError(f"model returned dtype {out.dtype} for x of dtype {x.dtype} ({what} at step {step}); "
+                            f"cast inside the model or run x in the model's dtype")
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            raise NonFiniteError(f"model returned NaN/Inf ({what}) at step {step}, sigma={sigma:.6g}")
+        return out
+
+    def denoise(self, x: torch.Tensor, sigma, step: int) -> torch.Tensor:
+        """``D(x, sigma)``: one model evaluation. ``sigma`` a float or 0-dim tensor."""
+        self.nfe += 1
+        out = self.model(x, sigma * self.s_in, **self.extra)
+        return self._checked(out, x, step, float(sigma), "denoised")
+
+    def jvp(self, x: torch.Tensor, sigma, v: torch.Tensor, step: int, primal: torch.Tensor | None = None):
+        """``(D(x), J v)``. NFE: 1 for the JVP, plus 1 when the primal is computed too."""
+        self.nfe += 1 if primal is not None else 2
+        d, jv = jvp_engine.jvp(self.model, x, sigma * self.s_in, v, self.extra, strategy=self.jvp_strategy,
+                               primal=primal)
+        d = self._checked(d, x, step, float(sigma), "denoised") if primal is None else primal
+        return d, self._checked(jv, x, step, float(sigma), "JVP")
+
+    def normal(self, shape, step: int, stream: int = STREAM_NOISE, dtype=None, device=None) -> torch.Tensor:
+        return self.ops.normal(self.seed, shape, sample_offset=self.sample_offset, step=step, stream=stream,
+                               dtype=dtype, device=device)
+
+
+def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
+                    basis: str, block: int, channel_average: bool, c_max: float | None, probes: int = 1):
+    """``cov_ddim`` / ``diag_hutchinson``: Hutchinson diagonal of J in ``basis`` from ``probes`` JVPs, then
+    structured noise. Returns ``(x_s, denoised)``."""
+    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
+    denoised, jvps = None, []
+    for p in range(probes):
+        v = ctx.ops.probe_tangent(ctx.seed, x.shape, sample_offset=ctx.sample_offset, step=step, index=p,
+                                  basis=basis, block=block, dtype=x.dtype, device=x.device)
+        denoised, jv = ctx.jvp(x, sigma_t, v, step, primal=denoised)
+        jvps.append(jv)
+    x_s = ctx.ops.structured_step(denoised, x, torch.stack(jvps), ctx.seed, sample_offset=ctx.sample_offset,
+                                  step=step, sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up,
+                                  basis=basis, block=block, channel_average=channel_average, c_max=c_max)
+    return x_s, denoised
+
+
+def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
+                 lanczos_steps: int, reorthogonalize: bool, c_max: float | None):
+    """LGS: k Lanczos iterations of J started at the step's Gaussian noise xi, then
+    ``x_s = m + ||xi|| Q_k sqrt(T_S) e_1``. Stops early when every sample's Krylov space is invariant.
+    Returns ``(x_s, denoised)``."""
+    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
+    xi = ctx.normal(x.shape, step, dtype=work_dtype(x.dtype), device=x.device)
+    xi_norm = xi.flatten(1).norm(dim=1)
+    q = (xi / xi_norm.view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
+    denoised, aq = ctx.jvp(x, sigma_t, q, step)
+    basis, alphas, betas, beta = [q], [], [], None
+    for j in range(lanczos_steps):
+        alpha, beta, q = ctx.ops.lanczos_update(aq, basis, beta, reorthogonalize=reorthogonalize)
+        alphas.append(alpha)
+        if j == lanczos_steps - 1 or not bool((beta > 0).any()):
+            break
+        betas.append(beta)
+        basis.append(q)
+        _, aq = ctx.jvp(x, sigma_t, q, step, primal=denoised)
+    alpha_t = torch.stack(alphas, dim=1)
+    beta_t = torch.stack(betas, dim=1) if betas else alpha_t.new_zeros(alpha_t.shape[0], 0)
+    g = ctx.ops.tridiagonal_sqrt_e1(alpha_t, beta_t, shift=sigma_up ** 2, scale=sigma_t - sigma_down, c_max=c_max)
+    x_s = ctx.ops.lanczos_synthesis(denoised, x, basis, g, xi_norm, sigma_t=sigma_t, sigma_down=sigma_down)
+    return x_s, denoised
+
+
+def addim_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
+               sigma_data: float):
+    """aDDIM (our reading): DDIM plus isotropic noise for the x0 uncertainty, with the posterior variance of
+    isotropic data of std ``sigma_data``, i.e. ``J ~= sigma_data^2 / (sigma_t^2 + sigma_data^2) I``.
+    One model evaluation. Returns ``(x_s, denoised)``."""
+    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
+    denoised = ctx.denoise(x, sigma_t, step)
+    c = sigma_data ** 2 / (sigma_t ** 2 + sigma_data ** 2)
+    std = math.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
+    xi = ctx.normal(x.shape, step, dtype=work_dtype(x.dtype), device=x.device)
+    x_s = ddim_mean(denoised, x, sigma_t, sigma_down) + std * xi
+    return x_s.to(x.dtype), denoised
