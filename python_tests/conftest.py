@@ -1,0 +1,46 @@
+"""Shared helpers for the test suite (CPU; float64 is the oracle dtype)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def spd_matrix(d: int, seed: int, floor: float = 0.1) -> torch.Tensor:
+    """A well-conditioned random SPD matrix (float64) with distinct eigenvalues in about [floor, 2]."""
+    a = torch.randn(d, d, generator=gen(seed), dtype=torch.float64)
+    q, _ = torch.linalg.qr(a)
+    evals = torch.linspace(floor, 2.0, d, dtype=torch.float64)
+    return (q * evals) @ q.T
+
+
+def whitened_errors(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float]:
+    """(mean error, covariance error) of samples against N(mean, cov), both in whitened units.
+
+    mean error: ``sqrt(N) |C^-1/2 (mu_hat - mu)|`` (chi with d dof for exact samples: ~sqrt(d));
+    covariance error: ``|C^-1/2 C_hat C^-1/2 - I|_F`` (~sqrt(d (d+1) / N) for exact samples).
+    """
+    x = samples.to(torch.float64).flatten(1)
+    n = x.shape[0]
+    evals, evecs = torch.linalg.eigh(cov.to(torch.float64))
+    w = evecs / evals.sqrt()  # x @ w whitens
+    z = (x - mean.to(torch.float64).flatten()) @ w
+    mu_err = math.sqrt(n) * float(z.mean(0).norm())
+    zc = z - z.mean(0)
+    c_hat = zc.T @ zc / (n - 1)
+    cov_err = float((c_hat - torch.eye(z.shape[1], dtype=torch.float64)).norm())
+    return mu_err, cov_err
+
+
+def expected_cov_error(d: int, n: int) -> float:
+    return math.sqrt(d * (d + 1) / n)
+
+
+@pytest.fixture
+def generator():
+    return gen(1234)
