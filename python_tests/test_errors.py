@@ -34,7 +34,7 @@ def test_bad_x():
     with pytest.raises(TypeError, match="x must be a floating-point"):
         call(x=X.to(torch.int64))
     with pytest.raises(TypeError, match="x must be a floating-point"):
-        call(x=X.numpy())
+        call(x=X.tolist())
     with pytest.raises(ValueError, match="x must have shape"):
         call("ddim", x=torch.zeros(3))
 
