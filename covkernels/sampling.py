@@ -65,23 +65,6 @@ def _to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
-@torch.no_grad()
-def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, s_churn=0.0, s_tmin=0.0,
-                s_tmax=float("inf"), s_noise=1.0, generator=None, sample_offset=0, check_finite=True):
-    """Deterministic DDIM = the Euler method on the probability-flow ODE (k-diffusion ``sample_euler``).
-    1 NFE per step."""
-    sigmas = check_inputs(x, sigmas)
-    ctx = _context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x, sigma_hat = _churn(ctx, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = ctx.denoise(x, sigma_hat, i)
-        d = _to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
-        x = x + d * (sigmas[i + 1] - sigma_hat)
-    return x
-
-
 def _ancestral_tensor(sigma_from, sigma_to, eta):
     # k-diffusion's get_ancestral_step on 0-dim tensors (kept in tensor arithmetic for bit-compatibility).
     if not eta:
@@ -112,10 +95,9 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return x
 
 
-@torch.no_grad()
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, s_churn=0.0, s_tmin=0.0,
-                s_tmax=float("inf"), s_noise=1.0, generator=None, sample_offset=0, check_finite=True):
-    """Heun's second-order method (EDM; k-diffusion ``sample_heun``). 2 NFE per step, 1 on the last."""
+def _karras_ode(model, x, sigmas, extra_args, callback, disable, second_order, s_churn, s_tmin, s_tmax, s_noise,
+                generator, sample_offset, check_finite):
+    """Euler (``sample_euler``) or Heun (``sample_heun``, Euler on the last step) with Karras churn."""
     sigmas = check_inputs(x, sigmas)
     ctx = _context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
     for i in trange(len(sigmas) - 1, disable=disable):
@@ -125,13 +107,30 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if not second_order or sigmas[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
             d_2 = _to_d(x_2, sigmas[i + 1], ctx.denoise(x_2, sigmas[i + 1], i))
             x = x + (d + d_2) / 2 * dt
     return x
+
+
+@torch.no_grad()
+def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, s_churn=0.0, s_tmin=0.0,
+                s_tmax=float("inf"), s_noise=1.0, generator=None, sample_offset=0, check_finite=True):
+    """Deterministic DDIM = the Euler method on the probability-flow ODE (k-diffusion ``sample_euler``).
+    1 NFE per step."""
+    return _karras_ode(model, x, sigmas, extra_args, callback, disable, False, s_churn, s_tmin, s_tmax, s_noise,
+                       generator, sample_offset, check_finite)
+
+
+@torch.no_grad()
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, s_churn=0.0, s_tmin=0.0,
+                s_tmax=float("inf"), s_noise=1.0, generator=None, sample_offset=0, check_finite=True):
+    """Heun's second-order method (EDM; k-diffusion ``sample_heun``). 2 NFE per step, 1 on the last."""
+    return _karras_ode(model, x, sigmas, extra_args, callback, disable, True, s_churn, s_tmin, s_tmax, s_noise,
+                       generator, sample_offset, check_finite)
 
 
 @torch.no_grad()

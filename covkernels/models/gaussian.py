@@ -97,6 +97,24 @@ def stationary_spectrum(channels: int, height: int, width: int, *, std: float = 
     return p.expand(channels, height, width).clone()
 
 
+def spectral_parameters(mean, spectrum, basis: str, block: int, components: bool):
+    """Validated float64 ``(mean, spectrum)`` of a spectral Gaussian: ``(C, H, W)`` each, or ``(K, C, H, W)``
+    for the ``components`` of a mixture (whose spectra must then be strictly positive)."""
+    names = ("means", "spectra", "(K, C, H, W)") if components else ("mean", "spectrum", "(C, H, W)")
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
+    if mean.dim() != (4 if components else 3) or spectrum.shape != mean.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must both have shape {names[2]}, got {tuple(mean.shape)} "
+                         f"and {tuple(spectrum.shape)}")
+    if bool((spectrum <= 0).any() if components else (spectrum < 0).any()):
+        raise ValueError(f"{names[1]} must be {'positive' if components else 'non-negative'}")
+    if basis == "convdct":
+        check_block(mean.shape, block, names[0])
+    return mean, spectrum
+
+
 class SpectralGaussian(_ExactDenoiser):
     """``N(mean, F^T diag(spectrum) F)`` for an orthonormal image basis ``F`` (identity, dct, convdct).
 
@@ -106,17 +124,7 @@ class SpectralGaussian(_ExactDenoiser):
 
     def __init__(self, mean: torch.Tensor, spectrum: torch.Tensor, basis: str = "dct", block: int = 8):
         super().__init__()
-        if basis not in BASES:
-            raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
-        if mean.dim() != 3 or spectrum.shape != mean.shape:
-            raise ValueError(f"mean and spectrum must both have shape (C, H, W), got {tuple(mean.shape)} "
-                             f"and {tuple(spectrum.shape)}")
-        if bool((spectrum < 0).any()):
-            raise ValueError("spectrum must be non-negative")
-        if basis == "convdct":
-            check_block(mean.shape, block, "mean")
+        mean, spectrum = spectral_parameters(mean, spectrum, basis, block, components=False)
         self.basis, self.block, self.event_shape = basis, block, tuple(mean.shape)
         self.register_buffer("mean", mean)
         self.register_buffer("spectrum", spectrum)

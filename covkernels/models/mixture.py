@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from ..ops.dct.reference import BASES, analysis, check_block, synthesis
+from ..ops.dct.reference import analysis, synthesis
 from ..ops.noise.reference import work_dtype
-from .gaussian import _ExactDenoiser, sigma_view, stationary_spectrum
+from .gaussian import _ExactDenoiser, sigma_view, spectral_parameters, stationary_spectrum
 
 
 class GaussianMixture(_ExactDenoiser):
@@ -23,22 +23,12 @@ class GaussianMixture(_ExactDenoiser):
     def __init__(self, means: torch.Tensor, spectra: torch.Tensor, weights: torch.Tensor | None = None,
                  basis: str = "dct", block: int = 8):
         super().__init__()
-        if basis not in BASES:
-            raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
-        means = torch.as_tensor(means, dtype=torch.float64)
-        spectra = torch.as_tensor(spectra, dtype=torch.float64)
-        if means.dim() != 4 or spectra.shape != means.shape:
-            raise ValueError(f"means and spectra must both have shape (K, C, H, W), got {tuple(means.shape)} "
-                             f"and {tuple(spectra.shape)}")
-        if bool((spectra <= 0).any()):
-            raise ValueError("spectra must be positive")
+        means, spectra = spectral_parameters(means, spectra, basis, block, components=True)
         k = means.shape[0]
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else \
             torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != (k,) or bool((weights <= 0).any()):
             raise ValueError(f"weights must be {k} positive numbers, got {weights.tolist()}")
-        if basis == "convdct":
-            check_block(means.shape, block, "means")
         self.basis, self.block, self.event_shape = basis, block, tuple(means.shape[1:])
         self.register_buffer("means", means)
         self.register_buffer("spectra", spectra)
