@@ -28,11 +28,19 @@ from .schedules import (  # noqa: E402
     linear_beta_sigmas,
     vp_sigmas,
 )
+from .guidance import Guidance, cfg_denoiser  # noqa: E402
 from .steps import NonFiniteError  # noqa: E402
+
+
+def info(file=None) -> None:
+    """Print versions, devices, backends (and why some are unavailable) and this process's jvp=auto choices."""
+    from .cli import print_info
+
+    print_info(file=file)
 
 __all__ = [
     "SAMPLERS", "get_sampler", "sample", "sample_addim", "sample_cov_ddim", "sample_ddim", "sample_ddpm",
     "sample_diag_hutchinson", "sample_dpmpp_2m", "sample_heun", "sample_lanczos", "alphas_cumprod_to_sigmas",
-    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError",
+    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError", "Guidance", "cfg_denoiser", "info",
     "__version__",
 ]

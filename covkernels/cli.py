@@ -94,26 +94,49 @@ def info_dict() -> dict:
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "backends": {name: {"available": ok, "why": why} for name, (ok, why) in backend_status().items()},
         "jvp_strategies": list(STRATEGIES),
-        "jvp_auto_choices": [{"model": m, "chosen": c, "skipped": r} for m, c, r in auto_choices()],
+        "jvp_auto_choices": [{"model": m, "signature": [list(c.signature[0]), str(c.signature[1]), c.signature[2]],
+                              "chosen": c.strategy, "agreement": c.agreement, "seconds": c.seconds,
+                              "skipped": c.skipped} for m, c in auto_choices()],
         "samplers": list(SAMPLERS),
     }
 
 
+def print_info(info: dict | None = None, file=None) -> None:
+    """Human-readable report of :func:`info_dict` (also ``covkernels.info()`` from Python)."""
+    info = info_dict() if info is None else info
+    out = file or sys.stdout
+    print(f"covkernels {info['covkernels']} | python {info['python']} | torch {info['torch']} "
+          f"(CUDA build: {info['torch_cuda'] or 'no'}) | triton {info['triton'] or 'not installed'}", file=out)
+    print(f"devices: cpu ({info['cpu_threads']} threads)"
+          + "".join(f", cuda:{i} {n}" for i, n in enumerate(info["cuda_devices"])), file=out)
+    print("backends (auto order: cuda -> triton -> cpp -> reference):", file=out)
+    for name, b in info["backends"].items():
+        print(f"  {name:<10} {'available' if b['available'] else 'unavailable':<12} {b['why']}", file=out)
+    print(f"jvp strategies: {', '.join(info['jvp_strategies'])}", file=out)
+    if not info["jvp_auto_choices"]:
+        print("jvp=auto choices: none made in this process yet (see `covkernels info --probe-jvp gmm`)", file=out)
+    for row in info["jvp_auto_choices"]:
+        shape, dtype, dev = row["signature"]
+        print(f"jvp=auto for {row['model']} {tuple(shape)} {dtype} {dev}: {row['chosen']} ({row['agreement']})",
+              file=out)
+        for name, why in row["skipped"].items():
+            print(f"    {name}: {why}", file=out)
+    print(f"samplers: {', '.join(info['samplers'])}", file=out)
+
+
 def cmd_info(args) -> int:
+    if args.probe_jvp:
+        from .jvp import jvp
+        from .models import get_model
+
+        model = get_model(args.probe_jvp)
+        x = torch.randn(2, *model.event_shape, generator=torch.Generator().manual_seed(0))
+        jvp(model, x, torch.ones(2), torch.randn_like(x))
     info = info_dict()
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
-    print(f"covkernels {info['covkernels']} | python {info['python']} | torch {info['torch']} "
-          f"(CUDA build: {info['torch_cuda'] or 'no'}) | triton {info['triton'] or 'not installed'}")
-    print(f"devices: cpu ({info['cpu_threads']} threads)"
-          + "".join(f", cuda:{i} {n}" for i, n in enumerate(info["cuda_devices"])))
-    print("backends (auto order: cuda -> triton -> cpp -> reference):")
-    for name, b in info["backends"].items():
-        print(f"  {name:<10} {'available' if b['available'] else 'unavailable':<12} {b['why']}")
-    print(f"jvp strategies: {', '.join(info['jvp_strategies'])} (auto tries forward_ad, double_vjp, "
-          f"finite_difference per model; choices are cached per process)")
-    print(f"samplers: {', '.join(info['samplers'])}")
+    else:
+        print_info(info)
     return 0
 
 
@@ -147,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="versions, devices, available backends and why the others are not")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--probe-jvp", choices=["gmm", "gaussian"], default=None,
+                   help="run the jvp=auto selection on a built-in model first and report it")
     i.set_defaults(func=cmd_info)
     return p
 

@@ -1,39 +1,81 @@
-"""Jacobian-vector products of a denoiser: ``(D(x), J v)`` with ``J = dD/dx``.
+"""Jacobian-vector products of a denoiser: ``(D(x), J v)`` with ``J = dD/dx``, on any model a user brings.
 
 Strategies (``jvp=`` option of every covariance sampler):
 
-* ``forward_ad`` - ``torch.func.jvp`` with the math attention backend forced (fused attention kernels
-  have no forward-mode derivative). Exact; one forward pass with dual numbers.
-* ``double_vjp`` - reverse mode twice: ``J v = d/du <J^T u, v>``. Exact; works where forward AD is not
-  implemented; about 2-3x a forward pass.
+* ``forward_ad`` - ``torch.func.jvp``. Exact; one forward pass with dual numbers. Fused attention kernels
+  have no forward-mode rule, so the math attention backend is forced inside, and ``group_norm`` runs
+  decomposed (its native forward-mode rule fails on the non-contiguous inputs attention blocks produce).
+* ``double_vjp`` - reverse mode twice: ``J v = d/du <J^T u, v>`` at ``u = 0``. Exact; needs a model with
+  double backward (math attention forced for the same reason).
 * ``finite_difference`` - one-sided ``(D(x + h v) - D(x)) / h`` with ``h = sqrt(eps) (1 + |x|) / |v|``
-  per sample; when the primal is needed too, ``[x, x + h v]`` go through the model as ONE call of
-  doubled batch, so every fused kernel of the model is kept. Approximate (relative error ~ sqrt(eps)).
-* ``central_difference`` - ``(D(x + h v) - D(x - h v)) / 2h`` with ``h ~ eps^(1/3)``; one more batch row.
-* ``auto`` - the first of forward_ad, double_vjp, finite_difference that runs on this model, chosen on
-  the first call and cached per model object; :func:`auto_choices` reports the choice and the reasons
-  the others failed.
+  per sample (relative error ~ sqrt(eps): ~3e-4 in float32). When the primal is needed too,
+  ``[x, x + h v]`` go through the model as ONE call of doubled batch: a JVP costs one extra batch row of
+  model work and keeps every fused kernel of the model. Subsequent JVPs at the same x reuse the primal.
+* ``central_difference`` - ``(D(x + h v) - D(x - h v)) / 2h``, ``h ~ eps^(1/3)``; one more batch row.
+* ``auto`` - on the first call for a model and input signature (shape, dtype, device), runs
+  forward_ad, double_vjp and finite_difference, keeps those that run and give a finite result, checks
+  that each agrees with another within :data:`AGREEMENT_RTOL`, and picks the fastest agreeing one
+  (timed on a second run). The choice is cached per model object; :func:`auto_choices` (and
+  ``covkernels.info()``) report it with every skipped strategy's reason, and a debug log line is
+  written to the ``covkernels.jvp`` logger. If nothing works, :class:`JVPError` lists every reason.
 
 Tensor arguments: ``x``, ``v``: ``(B, ...)``; ``sigma``: ``(B,)``. Tensors in ``extra_args`` whose first
-dim is ``B`` are treated as per-sample (repeated when the batch is doubled); everything else is passed
-through unchanged.
+dim is ``B`` are per-sample (repeated when the batch is doubled); everything else is passed unchanged.
+All strategies run without keeping an autograd graph beyond their own call.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 import weakref
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger("covkernels.jvp")
 
 STRATEGIES = ("auto", "forward_ad", "double_vjp", "finite_difference", "central_difference")
 _AUTO_ORDER = ("forward_ad", "double_vjp", "finite_difference")
+EXACT = ("forward_ad", "double_vjp")
+
+# Relative agreement ||Jv_a - Jv_b|| / ||Jv_b|| that `auto` demands between two strategies, by the
+# storage dtype. Exact strategies differ only by rounding (and math vs fused attention in the primal);
+# a one-sided difference carries its O(sqrt(eps)) truncation + rounding error on top.
+AGREEMENT_RTOL = {
+    "exact": {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 1e-1},
+    "difference": {torch.float64: 1e-5, torch.float32: 2e-2, torch.float16: 3e-1, torch.bfloat16: 5e-1},
+}
 
 
 class JVPError(RuntimeError):
     """No JVP strategy could differentiate the model; the message lists every strategy's reason."""
+
+
+class _ForwardADFriendly(TorchFunctionMode):
+    """Routes ``group_norm`` through a decomposition with working forward-mode derivatives."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.group_norm:
+            return _group_norm(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    n, c = input.shape[:2]
+    grouped = input.reshape(n, num_groups, -1)
+    mean = grouped.mean(-1, keepdim=True)
+    var = grouped.var(-1, unbiased=False, keepdim=True)
+    out = ((grouped - mean) * torch.rsqrt(var + eps)).reshape(input.shape)
+    shape = (1, c) + (1,) * (input.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
 
 
 def _math_attention():
@@ -45,10 +87,11 @@ def _math_attention():
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().flatten(1).to(torch.float32 if t.dtype != torch.float64 else t.dtype).norm(dim=1)
+    return t.detach().flatten(1).to(torch.float64 if t.dtype == torch.float64 else torch.float32).norm(dim=1)
 
 
-def _repeat_extra(extra: dict, batch: int, times: int) -> dict:
+def repeat_extra(extra: dict, batch: int, times: int) -> dict:
+    """``extra_args`` for a batch repeated ``times`` times (per-sample tensors concatenated)."""
     out = {}
     for key, val in extra.items():
         if isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape[0] == batch:
@@ -59,24 +102,28 @@ def _repeat_extra(extra: dict, batch: int, times: int) -> dict:
 
 
 def _forward_ad(model, x, sigma, v, extra, primal):
-    with _math_attention():
+    with torch.no_grad(), _math_attention(), _ForwardADFriendly():  # forward AD needs no reverse graph
         d, jv = torch.func.jvp(lambda inp: model(inp, sigma, **extra), (x,), (v,))
     return d, jv
 
 
 def _double_vjp(model, x, sigma, v, extra, primal):
-    with torch.enable_grad():
+    with torch.enable_grad(), _math_attention():
         xg = x.detach().requires_grad_(True)
         d = model(xg, sigma, **extra)
+        if not d.requires_grad:  # D does not depend on x at all
+            return d.detach(), torch.zeros_like(x)
         u = torch.zeros_like(d, requires_grad=True)
-        (vjp_u,) = torch.autograd.grad(d, xg, u, create_graph=True)
-        (jv,) = torch.autograd.grad(vjp_u, u, v, allow_unused=True)
-    if jv is None:  # D does not depend on x
-        jv = torch.zeros_like(x)
+        (vjp_u,) = torch.autograd.grad(d, xg, u, create_graph=True, allow_unused=True)
+        if vjp_u is None:
+            return d.detach(), torch.zeros_like(x)
+        if not vjp_u.requires_grad:
+            raise RuntimeError("the model's backward is not differentiable (no double backward)")
+        (jv,) = torch.autograd.grad(vjp_u, u, v)
     return d.detach(), jv.detach()
 
 
-def _fd_step(x: torch.Tensor, v: torch.Tensor, power: float) -> torch.Tensor:
+def fd_step(x: torch.Tensor, v: torch.Tensor, power: float = 0.5) -> torch.Tensor:
     """Per-sample step ``h (B,)``: ``eps^power (1 + |x|) / |v|`` (0 where v = 0, so no inf/NaN)."""
     eps = torch.finfo(x.dtype).eps
     vn = _per_sample_norm(v)
@@ -84,97 +131,162 @@ def _fd_step(x: torch.Tensor, v: torch.Tensor, power: float) -> torch.Tensor:
     return torch.where(vn > 0, h, torch.zeros_like(h))
 
 
-def _bcast(s, like):
+def bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` in ``like``'s dtype."""
     return s.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
+def fd_quotient(d_plus: torch.Tensor, d_minus: torch.Tensor, h: torch.Tensor, denom: float = 1.0) -> torch.Tensor:
+    """``(d_plus - d_minus) / (denom h)`` per sample, exactly 0 where ``h = 0`` (zero tangent)."""
+    safe = torch.where(h > 0, h, torch.ones_like(h))
+    return (d_plus - d_minus) / bcast(denom * safe, d_plus) * bcast((h > 0).to(d_plus.dtype), d_plus)
+
+
+@torch.no_grad()
 def _finite_difference(model, x, sigma, v, extra, primal):
     b = x.shape[0]
-    h = _fd_step(x, v, 0.5)
-    xh = x + _bcast(h, x) * v
+    h = fd_step(x, v)
+    xh = x + bcast(h, x) * v
     if primal is None:
-        out = model(torch.cat([x, xh]), torch.cat([sigma, sigma]), **_repeat_extra(extra, b, 2))
+        out = model(torch.cat([x, xh]), torch.cat([sigma, sigma]), **repeat_extra(extra, b, 2))
         primal, dh = out[:b], out[b:]
     else:
         dh = model(xh, sigma, **extra)
-    safe = torch.where(h > 0, h, torch.ones_like(h))
-    jv = (dh - primal) / _bcast(safe, x) * _bcast((h > 0).to(x.dtype), x)
-    return primal, jv
+    return primal, fd_quotient(dh, primal, h)
 
 
+@torch.no_grad()
 def _central_difference(model, x, sigma, v, extra, primal):
     b = x.shape[0]
-    h = _fd_step(x, v, 1.0 / 3.0)
-    hv = _bcast(h, x) * v
+    h = fd_step(x, v, 1.0 / 3.0)
+    hv = bcast(h, x) * v
     need = [x, x + hv, x - hv] if primal is None else [x + hv, x - hv]
-    n = len(need)
-    out = model(torch.cat(need), torch.cat([sigma] * n), **_repeat_extra(extra, b, n))
+    out = model(torch.cat(need), torch.cat([sigma] * len(need)), **repeat_extra(extra, b, len(need)))
     parts = out.split(b)
-    if primal is None:
-        primal = parts[0]
-    safe = torch.where(h > 0, h, torch.ones_like(h))
-    jv = (parts[-2] - parts[-1]) / _bcast(2.0 * safe, x) * _bcast((h > 0).to(x.dtype), x)
-    return primal, jv
+    return (parts[0] if primal is None else primal), fd_quotient(parts[-2], parts[-1], h, 2.0)
 
 
-_IMPLS = {
+IMPLS = {
     "forward_ad": _forward_ad,
     "double_vjp": _double_vjp,
     "finite_difference": _finite_difference,
     "central_difference": _central_difference,
 }
 
-# model -> (chosen strategy, {strategy: reason it was skipped})
+
+@dataclasses.dataclass
+class AutoChoice:
+    """What ``auto`` decided for one model and input signature."""
+
+    strategy: str
+    signature: tuple
+    skipped: dict  # strategy -> reason it was not chosen (failed, non-finite, disagreed)
+    seconds: dict  # strategy -> time of one JVP with primal (second run)
+    agreement: str  # "forward_ad vs double_vjp: rel. diff 3.1e-07", or why it is unverified
+
+
 _auto_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _auto_cache_by_id: dict = {}
 
 
-def _cache_get(model):
+def _cache_for(model) -> dict:
     try:
-        return _auto_cache.get(model)
-    except TypeError:  # not weak-referenceable (e.g. a bound method): fall back to id
-        return _auto_cache_by_id.get(id(model))
+        return _auto_cache.setdefault(model, {})
+    except TypeError:  # not weak-referenceable (e.g. a bound method): key by id for this process
+        return _auto_cache_by_id.setdefault(id(model), {})
 
 
-def _cache_put(model, value):
-    try:
-        _auto_cache[model] = value
-    except TypeError:
-        _auto_cache_by_id[id(model)] = value
-
-
-def auto_choices() -> list[tuple[str, str, dict]]:
-    """``[(model description, chosen strategy, {skipped strategy: reason})]`` for ``covkernels info``."""
-    rows = [(type(m).__name__, c, r) for m, (c, r) in list(_auto_cache.items())]
-    rows += [(f"object id {k}", c, r) for k, (c, r) in _auto_cache_by_id.items()]
+def auto_choices() -> list[tuple[str, AutoChoice]]:
+    """``[(model description, AutoChoice)]`` of every ``auto`` decision made in this process."""
+    rows = [(type(m).__name__, c) for m, per in list(_auto_cache.items()) for c in per.values()]
+    rows += [(f"object id {k}", c) for k, per in _auto_cache_by_id.items() for c in per.values()]
     return rows
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def _select(model, x, sigma, v, extra, primal):
+    """Run the candidates, keep the agreeing ones, cache and return ``(AutoChoice, result of the choice)``."""
+    signature = (tuple(x.shape), x.dtype, x.device.type)
+    results, seconds, skipped = {}, {}, {}
+    for name in _AUTO_ORDER:
+        try:
+            result = IMPLS[name](model, x, sigma, v, extra, primal)
+            if not bool(torch.isfinite(result[0]).all()):
+                return None, result  # the model itself returns NaN/Inf: let the caller report it
+            if not bool(torch.isfinite(result[1]).all()):
+                raise FloatingPointError("the JVP is not finite")
+            _sync(x)
+            start = time.perf_counter()  # the second run is timed: the first pays one-time set-up costs
+            IMPLS[name](model, x, sigma, v, extra, primal)
+            _sync(x)
+            seconds[name] = time.perf_counter() - start
+            results[name] = result
+        except Exception as exc:  # noqa: BLE001 - every failure is reported
+            skipped[name] = f"{type(exc).__name__}: {exc}".strip()[:400]
+    if not results:
+        raise JVPError("no JVP strategy works on this model:\n" + "\n".join(f"  {k}: {r}" for k, r in skipped.items()))
+    agreeing, notes = {}, []
+    for a in results:
+        for b in results:
+            if a == b:
+                continue
+            kind = "exact" if a in EXACT and b in EXACT else "difference"
+            diff, tol = _rel_diff(results[a][1], results[b][1]), AGREEMENT_RTOL[kind][x.dtype]
+            if diff <= tol:
+                agreeing[a] = f"{a} vs {b}: rel. diff {diff:.2g} (tolerance {tol:g})"
+            elif a < b:
+                notes.append(f"{a} vs {b}: rel. diff {diff:.2g} > tolerance {tol:g}")
+    if len(results) == 1:
+        (name,) = results
+        agreeing[name] = "unverified: no second strategy runs on this model"
+    if not agreeing:
+        raise JVPError("JVP strategies disagree on this model: " + "; ".join(notes))
+    for name in results:
+        if name not in agreeing:
+            skipped[name] = "disagrees with the others: " + "; ".join(notes)
+    chosen = min(agreeing, key=lambda n: seconds[n])
+    for name in agreeing:
+        if name != chosen:
+            skipped[name] = f"slower ({seconds[name]:.3g} s vs {seconds[chosen]:.3g} s)"
+    choice = AutoChoice(chosen, signature, skipped, seconds, agreeing[chosen])
+    _cache_for(model)[signature] = choice
+    log.debug("jvp=auto chose %s for %s %s (%s; skipped: %s)", chosen, type(model).__name__, signature,
+              choice.agreement, skipped or "none")
+    return choice, results[chosen]
+
+
+def resolve(model, x, sigma, v, extra, primal, strategy):
+    """``(strategy name, result or None)``: the concrete strategy ``strategy`` means for this call. For a
+    fresh ``auto`` decision the probe's result is returned too (no work is wasted); a model whose primal is
+    non-finite gives ``(None, result)`` so the caller can report the NaN with its context."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"jvp must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy, None
+    cached = _cache_for(model).get((tuple(x.shape), x.dtype, x.device.type))
+    if cached is not None:
+        return cached.strategy, None
+    choice, result = _select(model, x, sigma, v, extra, primal)
+    return (choice.strategy if choice is not None else None), result
 
 
 def jvp(model, x: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor, extra_args: dict | None = None, *,
         strategy: str = "auto", primal: torch.Tensor | None = None):
     """``(D(x), J v)`` of ``D = model(x, sigma, **extra_args)``.
 
-    ``primal``: ``D(x)`` if already known (finite differences then skip recomputing it; exact strategies
+    ``primal``: ``D(x)`` if already known (difference strategies then skip recomputing it; exact ones
     return their own). Raises :class:`JVPError` when ``strategy="auto"`` and nothing works.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"jvp must be one of {STRATEGIES}, got {strategy!r}")
     extra = {} if extra_args is None else extra_args
     v = v.to(dtype=x.dtype)
-    if strategy != "auto":
-        return _IMPLS[strategy](model, x, sigma, v, extra, primal)
-    cached = _cache_get(model)
-    if cached is not None:
-        return _IMPLS[cached[0]](model, x, sigma, v, extra, primal)
-    reasons = {}
-    for name in _AUTO_ORDER:
-        try:
-            result = _IMPLS[name](model, x, sigma, v, extra, primal)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            reasons[name] = f"{type(exc).__name__}: {exc}".strip()[:500]
-            continue
-        _cache_put(model, (name, reasons))
-        log.debug("jvp=auto chose %s for %s (skipped: %s)", name, type(model).__name__, reasons or "none")
-        return result
-    lines = "\n".join(f"  {k}: {r}" for k, r in reasons.items())
-    raise JVPError(f"no JVP strategy works on this model:\n{lines}")
+    name, result = resolve(model, x, sigma, v, extra, primal, strategy)
+    return result if result is not None else IMPLS[name](model, x, sigma, v, extra, primal)

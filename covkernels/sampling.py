@@ -45,9 +45,10 @@ def check_inputs(x, sigmas) -> torch.Tensor:
     return sigmas.to(x.device)
 
 
-def _context(model, x, extra_args, generator, sample_offset, backend="auto", jvp="auto", check_finite=True):
+def _context(model, x, extra_args, generator, sample_offset, backend="auto", jvp="auto", check_finite=True,
+             guidance=None):
     return StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,
-                       jvp=jvp, check_finite=check_finite)
+                       jvp=jvp, check_finite=check_finite, guidance=guidance)
 
 
 def _churn(ctx, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
@@ -174,36 +175,36 @@ def _covariance_loop(ctx, x, sigmas, callback, disable, step_fn):
 
 @torch.no_grad()
 def sample_addim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, sigma_data=0.5,
-                 generator=None, sample_offset=0, check_finite=True):
+                 guidance=None, generator=None, sample_offset=0, check_finite=True):
     """aDDIM: DDIM plus isotropic noise for the x0 uncertainty of data with std ``sigma_data``. 1 NFE/step."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0 \
             or not math.isfinite(sigma_data):
         raise ValueError(f"sigma_data must be a positive finite number, got {sigma_data!r}")
-    ctx = _context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    ctx = _context(model, x, extra_args, generator, sample_offset, check_finite=check_finite, guidance=guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.addim_step(
         c, xx, i, st, ss, eta=eta, sigma_data=float(sigma_data)))
 
 
 @torch.no_grad()
 def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
-                    block=8, c_max=1.0, channel_average=True, jvp="auto", backend="auto", generator=None,
-                    sample_offset=0, check_finite=True):
+                    block=8, c_max=1.0, channel_average=True, guidance=None, jvp="auto", backend="auto",
+                    generator=None, sample_offset=0, check_finite=True):
     """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step.
     2 NFE per step, 1 on the last."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     step_lib.check_basis(basis, block, x)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite)
+    ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
         c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max))
 
 
 @torch.no_grad()
 def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, probes=1,
-                           c_max=1.0, jvp="auto", backend="auto", generator=None, sample_offset=0,
+                           c_max=1.0, guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0,
                            check_finite=True):
     """Pixel-diagonal covariance from ``probes`` Hutchinson JVPs (training-free OCM-DDPM diagonal), no
     channel averaging. ``1 + probes`` NFE per step, 1 on the last."""
@@ -211,27 +212,27 @@ def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, dis
     eta = step_lib.check_eta(eta)
     probes = step_lib.check_count(probes, "probes", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite)
+    ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
         c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes))
 
 
 @torch.no_grad()
 def sample_lanczos(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, lanczos_steps=3,
-                   reorthogonalize=True, c_max=None, jvp="auto", backend="auto", generator=None, sample_offset=0,
-                   check_finite=True):
+                   reorthogonalize=True, c_max=None, guidance=None, jvp="auto", backend="auto", generator=None,
+                   sample_offset=0, check_finite=True):
     """Lanczos Gaussian Sampler: full posterior covariance through ``lanczos_steps`` Lanczos iterations of
     JVPs started from the step noise. ``1 + lanczos_steps`` NFE per step, 1 on the last."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite)
+    ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.lanczos_step(
         c, xx, i, st, ss, eta=eta, lanczos_steps=k, reorthogonalize=bool(reorthogonalize), c_max=c_max))
 
 
-def nfe_per_sample(sampler: str, sigmas, *, lanczos_steps: int = 3, probes: int = 1) -> int:
+def nfe_per_sample(sampler: str, sigmas, *, lanczos_steps: int = 3, probes: int = 1, guided: bool = False) -> int:
     """Model evaluations per sample of a run (a JVP counts as one, its primal as another, as in the papers).
 
     ``sigmas``: the schedule (or an int number of steps of a schedule ending in 0). Lanczos is counted at
@@ -244,10 +245,11 @@ def nfe_per_sample(sampler: str, sigmas, *, lanczos_steps: int = 3, probes: int 
     else:
         s = torch.as_tensor(sigmas).flatten()
         n, to_zero = s.numel() - 1, bool(s[-1] == 0)
-    last = 1 if to_zero else 0  # the final step to sigma = 0 is one plain evaluation
+    extra = 1 if guided else 0  # guidance adds the unconditional forward to every step
+    last = 1 + extra if to_zero else 0  # the final step to sigma = 0 is one plain (guided) evaluation
     per_step = {"ddim": 1, "ddpm": 1, "dpmpp_2m": 1, "addim": 1, "heun": 2, "cov_ddim": 2,
-                "diag_hutchinson": 1 + probes, "lanczos": 1 + lanczos_steps}[sampler]
-    return per_step * (n - last) + last
+                "diag_hutchinson": 1 + probes, "lanczos": 1 + lanczos_steps}[sampler] + extra
+    return per_step * (n - (1 if to_zero else 0)) + last
 
 
 def get_sampler(name: str):

@@ -14,6 +14,7 @@ import math
 import torch
 
 from . import jvp as jvp_engine
+from .guidance import GuidedModel, as_guidance
 from .ops import dispatch
 from .ops.dct.reference import BASES, check_block
 from .ops.noise.reference import ddim_mean, work_dtype
@@ -75,7 +76,7 @@ class StepContext:
     """Per-call state shared by the steps of one sampling run."""
 
     def __init__(self, model, x: torch.Tensor, extra_args: dict | None, *, generator=None, sample_offset: int = 0,
-                 backend: str = "auto", jvp: str = "auto", check_finite: bool = True):
+                 backend: str = "auto", jvp: str = "auto", check_finite: bool = True, guidance=None):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
         if jvp not in jvp_engine.STRATEGIES:
@@ -85,11 +86,14 @@ class StepContext:
         if extra_args is not None and not isinstance(extra_args, dict):
             raise TypeError(f"extra_args must be a dict or None, got {type(extra_args).__name__}")
         self.model, self.extra = model, ({} if extra_args is None else extra_args)
+        g = as_guidance(guidance)
+        self.guided = None if g is None else GuidedModel(model, self.extra, g)
         self.ops = dispatch.resolve(backend, x.device)
         self.jvp_strategy, self.check_finite = jvp, bool(check_finite)
         self.seed, self.sample_offset = draw_seed(generator), sample_offset
         self.s_in = x.new_ones([x.shape[0]])
         self.nfe = 0
+        self._primal = None  # conditional-branch D(x) of the last fresh JVP, reused by the next ones
 
     def _checked(self, out, x: torch.Tensor, step: int, sigma: float, what: str) -> torch.Tensor:
         if not isinstance(out, torch.Tensor):
@@ -105,18 +109,39 @@ class StepContext:
         return out
 
     def denoise(self, x: torch.Tensor, sigma, step: int) -> torch.Tensor:
-        """``D(x, sigma)``: one model evaluation. ``sigma`` a float or 0-dim tensor."""
-        self.nfe += 1
-        out = self.model(x, sigma * self.s_in, **self.extra)
-        return self._checked(out, x, step, float(sigma), "denoised")
+        """``D(x, sigma)`` (guided if the run has guidance). ``sigma`` a float or 0-dim tensor.
+        NFE: 1, or 2 with guidance."""
+        s = sigma * self.s_in
+        if self.guided is None:
+            self.nfe += 1
+            return self._checked(self.model(x, s, **self.extra), x, step, float(sigma), "denoised")
+        self.nfe += 2
+        d_cond, d_uncond = self.guided.forward(x, s)
+        d_cond = self._checked(d_cond, x, step, float(sigma), "conditional denoised")
+        return self.guided.combine(d_cond, self._checked(d_uncond, x, step, float(sigma), "unconditional denoised"))
 
-    def jvp(self, x: torch.Tensor, sigma, v: torch.Tensor, step: int, primal: torch.Tensor | None = None):
-        """``(D(x), J v)``. NFE: 1 for the JVP, plus 1 when the primal is computed too."""
-        self.nfe += 1 if primal is not None else 2
-        d, jv = jvp_engine.jvp(self.model, x, sigma * self.s_in, v, self.extra, strategy=self.jvp_strategy,
-                               primal=primal)
-        d = self._checked(d, x, step, float(sigma), "denoised") if primal is None else primal
-        return d, self._checked(jv, x, step, float(sigma), "JVP")
+    def jvp(self, x: torch.Tensor, sigma, v: torch.Tensor, step: int, fresh: bool = True):
+        """``(D(x), J v)``; with guidance ``D`` is the guided mean and ``J`` the conditional branch's.
+
+        ``fresh=False`` reuses the (conditional) primal of the last fresh call at the same ``x``.
+        NFE: 1 per JVP, plus 1 for a fresh primal, plus 1 for the unconditional branch.
+        """
+        s = sigma * self.s_in
+        if not fresh:
+            self.nfe += 1
+            _, jv = jvp_engine.jvp(self.model, x, s, v, self.extra, strategy=self.jvp_strategy, primal=self._primal)
+            return None, self._checked(jv, x, step, float(sigma), "JVP")
+        if self.guided is None:
+            self.nfe += 2
+            d, jv = jvp_engine.jvp(self.model, x, s, v, self.extra, strategy=self.jvp_strategy)
+            mean = self._primal = self._checked(d, x, step, float(sigma), "denoised")
+        else:
+            self.nfe += 3
+            d_cond, d_uncond, jv = self.guided.jvp(x, s, v, self.jvp_strategy)
+            self._primal = self._checked(d_cond, x, step, float(sigma), "conditional denoised")
+            mean = self.guided.combine(self._primal, self._checked(d_uncond, x, step, float(sigma),
+                                                                   "unconditional denoised"))
+        return mean, self._checked(jv, x, step, float(sigma), "JVP")
 
     def normal(self, shape, step: int, stream: int = STREAM_NOISE, dtype=None, device=None) -> torch.Tensor:
         return self.ops.normal(self.seed, shape, sample_offset=self.sample_offset, step=step, stream=stream,
@@ -132,7 +157,8 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
     for p in range(probes):
         v = ctx.ops.probe_tangent(ctx.seed, x.shape, sample_offset=ctx.sample_offset, step=step, index=p,
                                   basis=basis, block=block, dtype=x.dtype, device=x.device)
-        denoised, jv = ctx.jvp(x, sigma_t, v, step, primal=denoised)
+        mean_p, jv = ctx.jvp(x, sigma_t, v, step, fresh=p == 0)
+        denoised = mean_p if p == 0 else denoised
         jvps.append(jv)
     x_s = ctx.ops.structured_step(denoised, x, torch.stack(jvps), ctx.seed, sample_offset=ctx.sample_offset,
                                   step=step, sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up,
@@ -158,7 +184,7 @@ def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
             break
         betas.append(beta)
         basis.append(q)
-        _, aq = ctx.jvp(x, sigma_t, q, step, primal=denoised)
+        _, aq = ctx.jvp(x, sigma_t, q, step, fresh=False)
     alpha_t = torch.stack(alphas, dim=1)
     beta_t = torch.stack(betas, dim=1) if betas else alpha_t.new_zeros(alpha_t.shape[0], 0)
     g = ctx.ops.tridiagonal_sqrt_e1(alpha_t, beta_t, shift=sigma_up ** 2, scale=sigma_t - sigma_down, c_max=c_max)

@@ -66,24 +66,97 @@ class NoForwardAD(torch.autograd.Function):
         return 2 * x * g
 
 
-def test_auto_falls_back_and_remembers_why():
-    def model(x, sigma):
+def _choice_for(model_type_name):
+    return [c for name, c in jvp_engine.auto_choices() if name == model_type_name][-1]
+
+
+class NoForwardADModel(torch.nn.Module):
+    def forward(self, x, sigma):
         return NoForwardAD.apply(x)
 
+
+def test_auto_falls_back_and_remembers_why():
+    """A model that raises in forward AD: auto falls through, keeps the reason, still agrees and caches."""
+    model = NoForwardADModel()
     x = torch.randn(2, 3, dtype=torch.float64)
     v = torch.ones(2, 3, dtype=torch.float64)
     _, jv = jvp_engine.jvp(model, x, torch.ones(2), v)
-    torch.testing.assert_close(jv, 2 * x)
-    rows = {name: (chosen, skipped) for name, chosen, skipped in jvp_engine.auto_choices()}
-    chosen, skipped = next(r for n, r in rows.items() if "function" in n or "model" in n)
-    assert chosen == "double_vjp" and "forward_ad" in skipped
+    torch.testing.assert_close(jv, 2 * x, rtol=1e-6, atol=1e-6)
+    choice = _choice_for("NoForwardADModel")
+    assert choice.strategy in ("double_vjp", "finite_difference")
+    assert "Error" in choice.skipped["forward_ad"]  # the reason forward AD failed is kept
+    assert "rel. diff" in choice.agreement
+    assert choice.signature == ((2, 3), torch.float64, "cpu")
 
 
-def test_auto_picks_forward_ad_on_plain_models():
+class NoDoubleBackward(torch.autograd.Function):
+    """Backward is not itself differentiable (once_differentiable), and there is no forward-mode rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.cos(x) * g
+
+
+class FirstOrderOnly(torch.nn.Module):
+    def forward(self, x, sigma):
+        return NoDoubleBackward.apply(x)
+
+
+def test_model_without_double_backward_falls_through_to_finite_difference():
+    model = FirstOrderOnly()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    v = torch.randn(2, 4, dtype=torch.float64)
+    _, jv = jvp_engine.jvp(model, x, torch.ones(2), v)
+    torch.testing.assert_close(jv, torch.cos(x) * v, rtol=1e-6, atol=1e-6)
+    choice = _choice_for("FirstOrderOnly")
+    assert choice.strategy == "finite_difference"
+    assert set(choice.skipped) == {"forward_ad", "double_vjp"}
+    assert choice.agreement.startswith("unverified")
+
+
+def test_auto_picks_a_verified_strategy_on_plain_models():
     model = get_model("gaussian", size=8)
     x = torch.randn(1, 3, 8, 8)
     jvp_engine.jvp(model, x, torch.ones(1), torch.ones_like(x))
-    assert ("SpectralGaussian", "forward_ad", {}) in jvp_engine.auto_choices()
+    choice = _choice_for("SpectralGaussian")
+    assert choice.strategy in ("forward_ad", "double_vjp", "finite_difference")
+    assert set(choice.seconds) == {"forward_ad", "double_vjp", "finite_difference"}
+    assert choice.seconds[choice.strategy] == min(choice.seconds.values())
+
+
+class BatchDependent(torch.nn.Module):
+    """Answers differently for the doubled batch of a finite difference: that strategy must be rejected."""
+
+    def __init__(self, first_order_only: bool):
+        super().__init__()
+        self.first_order_only = first_order_only
+
+    def forward(self, x, sigma):
+        y = NoForwardAD.apply(x) if self.first_order_only else x * x
+        return y * (5.0 if x.shape[0] > 2 else 1.0)
+
+
+def test_auto_rejects_a_disagreeing_strategy():
+    x = torch.randn(2, 3, dtype=torch.float64)
+    model = BatchDependent(False)  # the choice cache holds models weakly: keep it alive
+    _, jv = jvp_engine.jvp(model, x, torch.ones(2), torch.ones_like(x))
+    torch.testing.assert_close(jv, 2 * x)
+    choice = _choice_for("BatchDependent")
+    assert choice.strategy in ("forward_ad", "double_vjp")
+    assert choice.skipped["finite_difference"].startswith("disagrees with the others")
+
+
+def test_auto_refuses_when_the_only_two_strategies_disagree():
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(jvp_engine.JVPError, match="disagree"):
+        jvp_engine.jvp(BatchDependent(True), x, torch.ones(2), torch.ones_like(x))
 
 
 def test_auto_lists_every_reason_when_nothing_works():
@@ -94,6 +167,17 @@ def test_auto_lists_every_reason_when_nothing_works():
         jvp_engine.jvp(broken, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
     for name in ("forward_ad", "double_vjp", "finite_difference"):
         assert f"{name}: RuntimeError: model exploded" in str(err.value)
+
+
+def test_model_returning_nan_is_reported_as_nan_not_as_a_jvp_failure():
+    import covkernels as ck
+
+    def nan_model(x, sigma):
+        return x * float("nan")
+
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ck.NonFiniteError, match=r"NaN/Inf \(denoised\) at step 0"):
+        ck.sample_cov_ddim(nan_model, x, ck.karras_sigmas(3, 0.1, 10.0), disable=True, basis="dct")
 
 
 def test_unknown_strategy():

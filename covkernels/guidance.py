@@ -1,0 +1,184 @@
+"""Classifier-free guidance for the covariance-aware samplers.
+
+The guided denoiser is ``D_g = D_u + scale (D_c - D_u)``; the step's mean uses ``D_g`` and its covariance
+comes from the JVP of the conditional branch only (DESIGN.md 1a, our reading), so a guided
+``cov_ddim`` step costs three evaluations: unconditional forward, conditional forward, conditional JVP.
+
+How the two branches reach the model: the conditional one gets the sampler's ``extra_args``; the
+unconditional one gets ``Guidance.uncond_args`` (e.g. null class labels or empty-prompt embeddings),
+through the same model or through ``Guidance.uncond_model`` when it is a separate callable.
+
+Execution, fastest first:
+
+* finite-difference JVPs with one model whose cond/uncond ``extra_args`` can be batched together: ONE
+  model call on ``[x, x + h v, x]`` (cond, cond, uncond) - tripled batch, every fused kernel kept;
+* otherwise on CUDA the unconditional forward runs on a side stream, concurrently with the conditional
+  JVP on the current stream (stream ordering through ``wait_stream``, and ``record_stream`` on every
+  tensor handed across so the caching allocator never recycles memory still in use on the other stream);
+* otherwise (CPU) one after the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+
+from . import jvp as jvp_engine
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """``scale``: guidance weight (1 = conditional only). ``uncond_args``: ``extra_args`` of the
+    unconditional branch (default: none). ``uncond_model``: a separate unconditional denoiser (default: the
+    sampler's model). ``concurrent``: on CUDA, overlap the unconditional forward with the JVP."""
+
+    scale: float
+    uncond_args: dict | None = None
+    uncond_model: Callable | None = None
+    concurrent: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+            raise ValueError(f"guidance scale must be a finite number, got {self.scale!r}")
+        if self.uncond_args is not None and not isinstance(self.uncond_args, dict):
+            raise TypeError(f"guidance uncond_args must be a dict, got {type(self.uncond_args).__name__}")
+        if self.uncond_model is not None and not callable(self.uncond_model):
+            raise TypeError("guidance uncond_model must be callable")
+
+
+def as_guidance(value) -> Guidance | None:
+    """Accept ``None``, a :class:`Guidance`, a dict of its fields, or a bare number (the scale)."""
+    if value is None or isinstance(value, Guidance):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {f.name for f in dataclasses.fields(Guidance)}
+        if unknown:
+            raise TypeError(f"guidance got unknown keys {sorted(unknown)}")
+        return Guidance(**value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Guidance(float(value))
+    raise TypeError(f"guidance must be None, a number, a dict or covkernels.Guidance, got {type(value).__name__}")
+
+
+def _per_sample(val, batch: int) -> bool:
+    return isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape[0] == batch
+
+
+def pairable(cond: dict, uncond: dict, batch: int) -> bool:
+    """Whether cond/uncond ``extra_args`` can share one batched call: same keys; per-sample tensors of the
+    same trailing shape and dtype; every other value identical."""
+    if set(cond) != set(uncond):
+        return False
+    for key, a in cond.items():
+        b = uncond[key]
+        if _per_sample(a, batch) and _per_sample(b, batch):
+            if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype or a.device != b.device:
+                return False
+        elif _per_sample(a, batch) or _per_sample(b, batch):
+            return False
+        elif a is not b and not (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b):
+            return False
+    return True
+
+
+def paired_extra(cond: dict, uncond: dict, batch: int, cond_copies: int) -> dict:
+    """``extra_args`` for a batch of ``cond_copies`` conditional blocks followed by one unconditional block."""
+    return {k: torch.cat([a] * cond_copies + [uncond[k]]) if _per_sample(a, batch) else a for k, a in cond.items()}
+
+
+_side_streams: dict = {}
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def run_concurrently(device: torch.device, main_fn, side_fn, side_inputs, enabled: bool = True):
+    """``(main_fn(), side_fn())``; on CUDA ``side_fn`` runs on a side stream overlapping ``main_fn``."""
+    if device.type != "cuda" or not enabled:
+        return main_fn(), side_fn()
+    main = torch.cuda.current_stream(device)
+    side = _side_streams.get(device.index)
+    if side is None:
+        side = _side_streams[device.index] = torch.cuda.Stream(device)
+    side.wait_stream(main)  # the side stream must see inputs produced on the main stream
+    with torch.cuda.stream(side):
+        side_out = side_fn()
+    main_out = main_fn()
+    main.wait_stream(side)
+    for t in _tensors(side_inputs):  # allocated on main, read on side
+        if t.is_cuda:
+            t.record_stream(side)
+    for t in _tensors(side_out):  # allocated on side, read on main from now on
+        t.record_stream(main)
+    return main_out, side_out
+
+
+class GuidedModel:
+    """The cond/uncond pair of one sampling run: guided forwards and conditional-branch JVPs."""
+
+    def __init__(self, model, cond_args: dict, guidance: Guidance):
+        self.model, self.cond, self.g = model, cond_args, guidance
+        self.uncond_args = guidance.uncond_args or {}
+        self.uncond_model = guidance.uncond_model or model
+
+    def _batchable(self, x) -> bool:
+        return self.g.uncond_model is None and pairable(self.cond, self.uncond_args, x.shape[0])
+
+    def combine(self, d_cond: torch.Tensor, d_uncond: torch.Tensor) -> torch.Tensor:
+        return d_uncond + self.g.scale * (d_cond - d_uncond)
+
+    def uncond(self, x, sigma):
+        return self.uncond_model(x, sigma, **self.uncond_args)
+
+    @torch.no_grad()
+    def forward(self, x, sigma):
+        """``(D_cond, D_uncond)``: one doubled-batch call when the branches pair up, else two calls."""
+        if self._batchable(x):
+            b = x.shape[0]
+            pair = paired_extra(self.cond, self.uncond_args, b, 1)
+            out = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), **pair)
+            return out[:b], out[b:]
+        return self.model(x, sigma, **self.cond), self.uncond(x, sigma)
+
+    @torch.no_grad()  # the exact strategies re-enable what they need inside
+    def jvp(self, x, sigma, v, strategy):
+        """Fresh guided JVP: ``(D_cond, D_uncond, J_cond v)``."""
+        v = v.to(dtype=x.dtype)
+        name, result = jvp_engine.resolve(self.model, x, sigma, v, self.cond, None, strategy)
+        if result is not None:  # `auto` just probed the conditional branch (or found NaN): add the uncond
+            return result[0], self.uncond(x, sigma), result[1]
+        if name == "finite_difference" and self._batchable(x):
+            b = x.shape[0]
+            h = jvp_engine.fd_step(x, v)
+            batch = torch.cat([x, x + jvp_engine.bcast(h, x) * v, x])
+            out = self.model(batch, torch.cat([sigma] * 3), **paired_extra(self.cond, self.uncond_args, b, 2))
+            d_cond, d_plus, d_uncond = out.split(b)
+            return d_cond, d_uncond, jvp_engine.fd_quotient(d_plus, d_cond, h)
+        (d_cond, jv), d_uncond = run_concurrently(
+            x.device, lambda: jvp_engine.IMPLS[name](self.model, x, sigma, v, self.cond, None),
+            lambda: self.uncond(x, sigma), (x, sigma, self.uncond_args), self.g.concurrent)
+        return d_cond, d_uncond, jv
+
+
+def cfg_denoiser(model, guidance) -> Callable:
+    """A plain guided denoiser ``model_g(x, sigma, **extra_args)`` for samplers without a ``guidance``
+    option (ddim, heun, dpmpp_2m, ...): the conditional branch gets ``extra_args``."""
+    g = as_guidance(guidance)
+    if g is None:
+        raise ValueError("cfg_denoiser needs a guidance scale or Guidance")
+
+    def guided(x, sigma, **extra_args):
+        pair = GuidedModel(model, extra_args, g)
+        return pair.combine(*pair.forward(x, sigma))
+
+    return guided
