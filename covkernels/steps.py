@@ -172,19 +172,21 @@ def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
     ``x_s = m + ||xi|| Q_k sqrt(T_S) e_1``. Stops early when every sample's Krylov space is invariant.
     Returns ``(x_s, denoised)``."""
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
-    xi = ctx.normal(x.shape, step, dtype=work_dtype(x.dtype), device=x.device)
+    wd = work_dtype(x.dtype)
+    xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
     xi_norm = xi.flatten(1).norm(dim=1)
-    q = (xi / xi_norm.view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
-    denoised, aq = ctx.jvp(x, sigma_t, q, step)
-    basis, alphas, betas, beta = [q], [], [], None
+    # The Krylov basis stays in float32 (float64 for float64 runs) whatever the model's dtype.
+    basis = torch.empty((lanczos_steps,) + tuple(x.shape), dtype=wd, device=x.device)
+    basis[0] = xi / xi_norm.view(-1, *([1] * (x.dim() - 1)))
+    denoised, aq = ctx.jvp(x, sigma_t, basis[0].to(x.dtype), step)
+    alphas, betas, beta = [], [], None
     for j in range(lanczos_steps):
-        alpha, beta, q = ctx.ops.lanczos_update(aq, basis, beta, reorthogonalize=reorthogonalize)
+        alpha, beta = ctx.ops.lanczos_update(aq, basis, j, beta, reorthogonalize=reorthogonalize)
         alphas.append(alpha)
         if j == lanczos_steps - 1 or not bool((beta > 0).any()):
             break
         betas.append(beta)
-        basis.append(q)
-        _, aq = ctx.jvp(x, sigma_t, q, step, fresh=False)
+        _, aq = ctx.jvp(x, sigma_t, basis[j + 1].to(x.dtype), step, fresh=False)
     alpha_t = torch.stack(alphas, dim=1)
     beta_t = torch.stack(betas, dim=1) if betas else alpha_t.new_zeros(alpha_t.shape[0], 0)
     g = ctx.ops.tridiagonal_sqrt_e1(alpha_t, beta_t, shift=sigma_up ** 2, scale=sigma_t - sigma_down, c_max=c_max)

@@ -3,7 +3,7 @@
 The loop itself (which calls the model for ``J q_j``) lives in ``covkernels.steps``; the ops here never
 call the model:
 
-* :func:`lanczos_update` - one Lanczos iteration given ``w = J q_j``;
+* :func:`lanczos_update` - one Lanczos iteration given ``J q_j``, on a preallocated ``(k, B, ...)`` basis;
 * :func:`tridiagonal_sqrt_e1` - ``g = f(T_S) e_1`` with ``f = sqrt`` for the shifted k x k tridiagonal;
 * :func:`lanczos_synthesis` - ``x_s = m + ||xi|| Q_k g`` (with the DDIM mean m).
 
@@ -32,37 +32,37 @@ def breakdown_tolerance(dtype: torch.dtype) -> float:
     return 100.0 * torch.finfo(work_dtype(dtype)).eps
 
 
-def lanczos_update(aq: torch.Tensor, basis: list[torch.Tensor], beta_prev: torch.Tensor | None, *,
+def lanczos_update(aq: torch.Tensor, basis: torch.Tensor, j: int, beta_prev: torch.Tensor | None, *,
                    reorthogonalize: bool = True):
-    """One Lanczos iteration.
+    """One Lanczos iteration; writes ``q_{j+1}`` into ``basis[j + 1]`` (when that row exists).
 
-    ``aq``: ``J q_j`` ``(B, ...)``; ``basis``: ``[q_1, ..., q_j]`` (orthonormal, zero vectors after a
-    breakdown); ``beta_prev``: ``beta_{j-1}`` ``(B,)`` or None for j = 1.
-    Returns ``(alpha_j, beta_j, q_{j+1})``: ``(B,)``, ``(B,)``, ``(B, ...)``. Where the residual is at
-    rounding level (the Krylov space is invariant, e.g. J = 0) ``beta_j = 0`` and ``q_{j+1} = 0``, so
-    later iterations of that sample are exact no-ops and its T stays block diagonal.
+    ``aq``: ``J q_j`` ``(B, ...)``; ``basis``: ``(k, B, ...)`` float32 (float64 for float64 runs) whose rows
+    ``0..j`` hold ``q_1..q_{j+1}`` (orthonormal, zero after a breakdown); ``beta_prev``: ``beta_{j-1}``
+    ``(B,)`` or None for ``j = 0``. Returns ``(alpha_j, beta_j)``, both ``(B,)``. Where the residual is at
+    rounding level (the Krylov space is invariant, e.g. J = 0) ``beta_j = 0`` and ``q_{j+1} = 0``, so later
+    iterations of that sample are exact no-ops and its T stays block diagonal.
     """
-    wd = work_dtype(aq.dtype)
-    q = basis[-1].to(wd)
+    wd = basis.dtype
+    q = basis[j]
     w = aq.to(wd)
     scale = w.flatten(1).norm(dim=1)
-    if beta_prev is not None and len(basis) > 1:
-        w = w - _bcast(beta_prev.to(wd), w) * basis[-2].to(wd)
+    if beta_prev is not None and j > 0:
+        w = w - _bcast(beta_prev.to(wd), w) * basis[j - 1]
     alpha = batch_dot(q, w)
     w = w - _bcast(alpha, w) * q
     if reorthogonalize:
         # One classical Gram-Schmidt pass against all previous vectors (k <= 8: cheap); it restores the
         # orthogonality that rounding and approximate (finite-difference) JVPs destroy.
-        for qi in basis:
-            qi = qi.to(wd)
-            w = w - _bcast(batch_dot(qi, w), w) * qi
+        for i in range(j + 1):
+            w = w - _bcast(batch_dot(basis[i], w), w) * basis[i]
     beta = w.flatten(1).norm(dim=1)
     tiny = torch.finfo(wd).tiny
     alive = beta > breakdown_tolerance(aq.dtype) * scale + tiny
     beta = torch.where(alive, beta, torch.zeros_like(beta))
-    q_next = w / _bcast(torch.where(alive, beta, torch.ones_like(beta)), w)
-    q_next = q_next * _bcast(alive.to(wd), w)
-    return alpha, beta, q_next.to(aq.dtype)
+    if j + 1 < basis.shape[0]:
+        q_next = w / _bcast(torch.where(alive, beta, torch.ones_like(beta)), w)
+        basis[j + 1] = q_next * _bcast(alive.to(wd), w)
+    return alpha, beta
 
 
 def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -89,16 +89,16 @@ def tridiagonal_sqrt_e1(alpha: torch.Tensor, beta: torch.Tensor, *, shift: float
     return g.squeeze(-1).to(alpha.dtype)
 
 
-def lanczos_synthesis(denoised: torch.Tensor, x_t: torch.Tensor, basis: list[torch.Tensor], g: torch.Tensor,
+def lanczos_synthesis(denoised: torch.Tensor, x_t: torch.Tensor, basis: torch.Tensor, g: torch.Tensor,
                       xi_norm: torch.Tensor, *, sigma_t: float, sigma_down: float) -> torch.Tensor:
     """``x_s = m + ||xi|| * sum_j g_j q_j`` with the DDIM mean ``m = D + (sigma_down/sigma_t)(x_t - D)``.
 
-    ``denoised``, ``x_t`` ``(B, ...)``; ``basis`` k x ``(B, ...)``; ``g (B, k)``; ``xi_norm (B,)``.
-    Returns the dtype of ``x_t``.
+    ``denoised``, ``x_t`` ``(B, ...)``; ``basis`` ``(k, B, ...)`` of which the first ``k' = g.shape[1]``
+    rows are used; ``g (B, k')``; ``xi_norm (B,)``. Returns the dtype of ``x_t``.
     """
     wd = work_dtype(x_t.dtype)
     out = ddim_mean(denoised, x_t, sigma_t, sigma_down)
     coef = g.to(wd) * xi_norm.to(wd).unsqueeze(-1)
-    for j, q in enumerate(basis):
-        out = out + _bcast(coef[:, j], out) * q.to(wd)
+    for j in range(g.shape[1]):
+        out = out + _bcast(coef[:, j], out) * basis[j].to(wd)
     return out.to(x_t.dtype)

@@ -1,0 +1,161 @@
+"""Fused Triton kernels of the ``cov_ddim`` / ``diag_hutchinson`` step (blockwise or identity basis).
+
+* :func:`probe_tangent` - the Rademacher probe is generated in-register from (seed, counters) and
+  inverse-transformed to the JVP tangent in one pass; it is never stored and is regenerated later.
+* :func:`structured_step` - ONE kernel from ``(D, x_t, Jv)`` to ``x_s``: per strip of blocks it
+  transforms every probe's ``Jv`` of every channel, multiplies by the regenerated probes, averages over
+  channels (and probes) in registers, clamps, forms ``sqrt(sigma_up^2 + s^2 c)``, multiplies by
+  in-register Gaussian noise, inverse-transforms, adds the DDIM mean and stores. Memory traffic: read
+  ``Jv`` (P x), ``D`` and ``x_t`` once, write ``x_s`` once; the coefficients never touch memory.
+
+The identity basis runs the same kernel with ``K = 1``; the global ``dct`` basis (a dense transform per
+plane) runs the reference composition, whose transforms are torch matmuls (cuBLAS) and whose noise is
+the same stream.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import alloc, contiguous
+from ..dct import reference as dct_ref
+from ..dct.triton import _strip_width, block_transform, load_matrix, strip_offsets
+from ..rng.reference import STREAM_NOISE, STREAM_PROBE
+from ..rng.triton import normal, rademacher
+from . import reference as ref
+
+
+@triton.jit
+def _probe_tangent_kernel(out_ptr, m_ptr, C, H, W, seed, sample_offset, step, stream,
+                          K: tl.constexpr, TW: tl.constexpr):
+    plane_row = tl.program_id(0)
+    blocks_per_col = H // K
+    plane = plane_row // blocks_per_col
+    offs, mask = strip_offsets((plane_row % blocks_per_col) * K, tl.program_id(1) * TW, W, K, TW)
+    sample = sample_offset + plane // C
+    z = rademacher(seed, (plane % C) * H * W + offs, sample, step, stream)
+    v = block_transform(z, load_matrix(m_ptr, K, True), K, TW)
+    tl.store(out_ptr + plane.to(tl.int64) * H * W + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _channel_estimate(jv_ptr, probe_stride, base, elem, offs, mask, m, P, seed, sample, step,
+                      K: tl.constexpr, TW: tl.constexpr):
+    """Sum over probes of ``z_p * (F Jv_p)`` for one channel's strip (float32)."""
+    acc = tl.zeros((K, TW), dtype=tl.float32)
+    for p in range(P):
+        jv = tl.load(jv_ptr + p * probe_stride + base + offs, mask=mask, other=0.0).to(tl.float32)
+        z = rademacher(seed, elem, sample, step, 16 + p)  # STREAM_PROBE + p
+        acc += z * block_transform(jv, m, K, TW)
+    return acc
+
+
+@triton.jit
+def _emit_channel(d_ptr, x_ptr, out_ptr, base, elem, offs, mask, mt, std, r, seed, sample, step,
+                  K: tl.constexpr, TW: tl.constexpr):
+    """``x_s = D + r (x_t - D) + F^T(std * xi)`` for one channel's strip."""
+    xi = normal(seed, elem, sample, step, 1)  # STREAM_NOISE
+    noise = block_transform(std * xi, mt, K, TW)
+    d = tl.load(d_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    xt = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + base + offs, (d + r * (xt - d) + noise).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _clamped_std(c, var0, scale2, c_max, HAS_CMAX: tl.constexpr):
+    c = tl.maximum(c, 0.0)
+    if HAS_CMAX:
+        c = tl.minimum(c, c_max)
+    return tl.sqrt(var0 + scale2 * c)
+
+
+@triton.jit
+def _structured_step_kernel(d_ptr, x_ptr, jv_ptr, out_ptr, m_ptr, C, H, W, P, probe_stride, seed, sample_offset,
+                            step, r, var0, scale2, c_max, K: tl.constexpr, TW: tl.constexpr,
+                            CHANNEL_AVERAGE: tl.constexpr, HAS_CMAX: tl.constexpr):
+    strip = tl.program_id(0)
+    blocks_per_col = H // K
+    b = strip // blocks_per_col
+    offs, mask = strip_offsets((strip % blocks_per_col) * K, tl.program_id(1) * TW, W, K, TW)
+    sample = sample_offset + b
+    m = load_matrix(m_ptr, K, False)
+    mt = load_matrix(m_ptr, K, True)
+    plane = H * W
+    if CHANNEL_AVERAGE:
+        total = tl.zeros((K, TW), dtype=tl.float32)
+        for c in range(C):
+            base = (b * C + c).to(tl.int64) * plane
+            total += _channel_estimate(jv_ptr, probe_stride, base, c * plane + offs, offs, mask, m, P, seed,
+                                       sample, step, K, TW)
+        std = _clamped_std(total / (C * P), var0, scale2, c_max, HAS_CMAX)
+        for c in range(C):
+            base = (b * C + c).to(tl.int64) * plane
+            _emit_channel(d_ptr, x_ptr, out_ptr, base, c * plane + offs, offs, mask, mt, std, r, seed, sample,
+                          step, K, TW)
+    else:
+        for c in range(C):
+            base = (b * C + c).to(tl.int64) * plane
+            est = _channel_estimate(jv_ptr, probe_stride, base, c * plane + offs, offs, mask, m, P, seed,
+                                    sample, step, K, TW)
+            std = _clamped_std(est / P, var0, scale2, c_max, HAS_CMAX)
+            _emit_channel(d_ptr, x_ptr, out_ptr, base, c * plane + offs, offs, mask, mt, std, r, seed, sample,
+                          step, K, TW)
+
+
+def _block_of(basis: str, block: int) -> int:
+    k = 1 if basis == "identity" else block
+    if k & (k - 1):
+        raise ValueError(f"the triton backend needs a power-of-two block, got block={block}")
+    return k
+
+
+def _as_nchw(x: torch.Tensor):
+    """Views a ``(B, ...)`` tensor as ``(B, C, H, W)`` for the identity basis of non-image data."""
+    if x.dim() == 4:
+        return x
+    return x.reshape(x.shape[0], 1, 1, -1)
+
+
+def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int = 0, basis: str, block: int = 8,
+                  dtype=torch.float32, device=None) -> torch.Tensor:
+    """Triton twin of :func:`covkernels.ops.noise.reference.probe_tangent`."""
+    if basis == "dct":
+        return ref.probe_tangent(seed, shape, sample_offset=sample_offset, step=step, index=index, basis=basis,
+                                 block=block, dtype=dtype, device=device)
+    k = _block_of(basis, block)
+    out = alloc(shape, dtype, device)
+    view = _as_nchw(out)
+    b, c, h, w = view.shape
+    if basis == "convdct":
+        dct_ref.check_block(view.shape, k)
+    if view.numel():
+        tw = _strip_width(w, k)
+        m = dct_ref.dct_matrix(k, torch.float32, view.device)
+        _probe_tangent_kernel[(b * c * (h // k), triton.cdiv(w, tw))](view, m, c, h, w, int(seed), sample_offset,
+                                                                      step, STREAM_PROBE + index, K=k, TW=tw)
+    return out
+
+
+def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, sigma_down, sigma_up, basis,
+                    block=8, channel_average=True, c_max=1.0, out=None):
+    """Triton twin of :func:`covkernels.ops.noise.reference.structured_step` (one fused kernel)."""
+    if basis == "dct":
+        return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
+                                   sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
+                                   block=block, channel_average=channel_average, c_max=c_max)
+    k = _block_of(basis, block)
+    d, x, jv = (contiguous(t) for t in (denoised, x_t, jvps))
+    out = alloc(x_t.shape, x_t.dtype, x_t.device) if out is None else out
+    dv, xv, ov = _as_nchw(d), _as_nchw(x), _as_nchw(out)
+    b, c, h, w = xv.shape
+    if basis == "convdct":
+        dct_ref.check_block(xv.shape, k)
+    if xv.numel():
+        tw = _strip_width(w, k)
+        m = dct_ref.dct_matrix(k, torch.float32, x.device)
+        _structured_step_kernel[(b * (h // k), triton.cdiv(w, tw))](
+            dv, xv, jv, ov, m, c, h, w, jv.shape[0], x.numel(), int(seed), sample_offset, step,
+            sigma_down / sigma_t, sigma_up ** 2, (sigma_t - sigma_down) ** 2, 0.0 if c_max is None else c_max,
+            K=k, TW=tw, CHANNEL_AVERAGE=bool(channel_average), HAS_CMAX=c_max is not None)
+    return out
