@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
+
+# Triton kernels run under the interpreter on a CPU-only machine; it must be set before Triton is
+# imported (covkernels imports it lazily, on the first use of the triton backend).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -74,8 +74,8 @@ def test_unknown_option_and_sampler():
 
 
 def test_unavailable_backend_says_why():
-    with pytest.raises(RuntimeError, match="backend='triton' cannot run: "):
-        call(backend="triton")
+    with pytest.raises(RuntimeError, match="backend='cpp' cannot run: "):
+        call(backend="cpp")
     with pytest.raises(RuntimeError, match="backend='cuda' cannot run: "):
         call(backend="cuda")
 

@@ -1,8 +1,9 @@
 """The single place that chooses a backend for the fused ops, and says why the others were skipped.
 
 ``backend="auto"`` picks, in order, ``cuda`` (compiled extension, CUDA tensors) -> ``triton`` (CUDA
-tensors, or any tensor under ``TRITON_INTERPRET=1``) -> ``cpp`` (compiled extension, CPU tensors) ->
-``reference`` (pure PyTorch, always there). A backend named explicitly that cannot run raises a
+tensors; CPU tensors run Triton's interpreter only when ``backend="triton"`` is asked for explicitly under
+``TRITON_INTERPRET=1``) -> ``cpp`` (compiled extension, CPU tensors) -> ``reference`` (pure PyTorch,
+always there). A backend named explicitly that cannot run raises a
 ``RuntimeError`` carrying the reason. Nothing here touches a GPU at import time: availability is probed
 lazily, on the first call, and cached.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable
 
 import torch
@@ -57,10 +59,10 @@ def _probe(name: str) -> tuple[Backend | None, str]:
         return REFERENCE, "pure PyTorch; always available (the oracle for every other backend)"
     if name == "triton":
         try:
-            import triton  # noqa: F401
+            return _triton_backend(), (f"fused Triton kernels (triton {__import__('triton').__version__}); runs on "
+                                       f"CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
         except ImportError as exc:
             return None, f"Triton is not importable ({exc}); `pip install triton` on a CUDA machine"
-        return None, "no fused Triton kernels in this version of covkernels yet"
     if name in ("cpp", "cuda"):
         return None, "the compiled extension covkernels._C is not part of this version of covkernels yet"
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
@@ -71,7 +73,31 @@ def backend_status() -> dict[str, tuple[bool, str]]:
     return {name: (_probe(name)[0] is not None, _probe(name)[1]) for name in BACKENDS[1:]}
 
 
-def _device_ok(name: str, device: torch.device) -> tuple[bool, str]:
+def _triton_backend() -> Backend:
+    from .dct import triton as dct_tr
+    from .lanczos import triton as lanczos_tr
+    from .noise import triton as noise_tr
+    from .rng import triton as rng_tr
+
+    return Backend(
+        name="triton",
+        normal=rng_tr.philox_normal,
+        analysis=dct_tr.analysis,
+        synthesis=dct_tr.synthesis,
+        probe_tangent=noise_tr.probe_tangent,
+        structured_step=noise_tr.structured_step,
+        lanczos_update=lanczos_tr.lanczos_update,
+        tridiagonal_sqrt_e1=lanczos_tr.tridiagonal_sqrt_e1,
+        lanczos_synthesis=lanczos_tr.lanczos_synthesis,
+    )
+
+
+def _device_ok(name: str, device: torch.device, explicit: bool = True) -> tuple[bool, str]:
+    if name == "triton" and device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return False, f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got a {device.type} tensor"
+        if not explicit:
+            return False, "CPU tensors under TRITON_INTERPRET=1 run Triton only when asked for (backend='triton')"
     if name == "cuda" and device.type != "cuda":
         return False, f"the cuda backend needs CUDA tensors, got a {device.type} tensor"
     if name == "cpp" and device.type != "cpu":
@@ -93,7 +119,7 @@ def explain(backend: str, device: torch.device | str) -> tuple[Backend, list[str
     skipped = []
     for name in ("cuda", "triton", "cpp", "reference"):
         impl, reason = _probe(name)
-        ok, why = _device_ok(name, device)
+        ok, why = _device_ok(name, device, explicit=False)
         if impl is not None and ok:
             return impl, skipped
         skipped.append(f"{name}: {reason if impl is None else why}")

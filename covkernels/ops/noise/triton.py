@@ -110,27 +110,32 @@ def _block_of(basis: str, block: int) -> int:
     return k
 
 
-def _as_nchw(x: torch.Tensor):
-    """Views a ``(B, ...)`` tensor as ``(B, C, H, W)`` for the identity basis of non-image data."""
-    if x.dim() == 4:
+def _as_nchw(x: torch.Tensor, basis: str):
+    """``(B, C, H, W)`` view for the kernels. The identity basis sees every channel as one flat row (any
+    ``(B, ...)`` data works, and long strips mean few programs)."""
+    if basis != "identity":
         return x
-    return x.reshape(x.shape[0], 1, 1, -1)
+    return x.reshape(x.shape[0], x.shape[1] if x.dim() == 4 else 1, 1, -1)
+
+
+def _strip(w: int, k: int) -> int:
+    return min(1024, triton.next_power_of_2(w)) if k == 1 else _strip_width(w, k)
 
 
 def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int = 0, basis: str, block: int = 8,
                   dtype=torch.float32, device=None) -> torch.Tensor:
     """Triton twin of :func:`covkernels.ops.noise.reference.probe_tangent`."""
-    if basis == "dct":
+    if basis == "dct" or dtype == torch.float64:  # dense transform / float64: the reference path
         return ref.probe_tangent(seed, shape, sample_offset=sample_offset, step=step, index=index, basis=basis,
                                  block=block, dtype=dtype, device=device)
     k = _block_of(basis, block)
     out = alloc(shape, dtype, device)
-    view = _as_nchw(out)
+    view = _as_nchw(out, basis)
     b, c, h, w = view.shape
     if basis == "convdct":
         dct_ref.check_block(view.shape, k)
     if view.numel():
-        tw = _strip_width(w, k)
+        tw = _strip(w, k)
         m = dct_ref.dct_matrix(k, torch.float32, view.device)
         _probe_tangent_kernel[(b * c * (h // k), triton.cdiv(w, tw))](view, m, c, h, w, int(seed), sample_offset,
                                                                       step, STREAM_PROBE + index, K=k, TW=tw)
@@ -140,19 +145,19 @@ def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int
 def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, sigma_down, sigma_up, basis,
                     block=8, channel_average=True, c_max=1.0, out=None):
     """Triton twin of :func:`covkernels.ops.noise.reference.structured_step` (one fused kernel)."""
-    if basis == "dct":
+    if basis == "dct" or x_t.dtype == torch.float64:  # dense transform / float64: the reference path
         return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
                                    sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
                                    block=block, channel_average=channel_average, c_max=c_max)
     k = _block_of(basis, block)
     d, x, jv = (contiguous(t) for t in (denoised, x_t, jvps))
     out = alloc(x_t.shape, x_t.dtype, x_t.device) if out is None else out
-    dv, xv, ov = _as_nchw(d), _as_nchw(x), _as_nchw(out)
+    dv, xv, ov = _as_nchw(d, basis), _as_nchw(x, basis), _as_nchw(out, basis)
     b, c, h, w = xv.shape
     if basis == "convdct":
         dct_ref.check_block(xv.shape, k)
     if xv.numel():
-        tw = _strip_width(w, k)
+        tw = _strip(w, k)
         m = dct_ref.dct_matrix(k, torch.float32, x.device)
         _structured_step_kernel[(b * (h // k), triton.cdiv(w, tw))](
             dv, xv, jv, ov, m, c, h, w, jv.shape[0], x.numel(), int(seed), sample_offset, step,

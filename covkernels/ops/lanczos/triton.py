@@ -1,0 +1,135 @@
+"""Lanczos vector updates and the final synthesis in Triton, per-sample reductions in float32.
+
+One iteration (``J q_j`` given) is three passes over a sample's ``N = C H W`` elements:
+
+1. dots: ``<q_i, J q_j>`` for the rows the update needs (all ``i <= j`` with reorthogonalisation, else
+   ``j``) and ``|J q_j|^2`` (the breakdown scale), as per-program partial sums;
+2. residual: ``w = J q_j - sum_i coef_i q_i`` written into ``basis[j + 1]``, with partial ``|w|^2``;
+3. normalise ``basis[j + 1]`` by ``beta_j`` (zero where the Krylov space is invariant).
+
+Partial sums go to a ``(B, programs, ...)`` buffer reduced by torch, not by atomics, so results are
+bitwise reproducible. With reorthogonalisation the subtraction is one classical Gram-Schmidt sweep against
+every previous vector using the dots with ``J q_j`` (in exact arithmetic ``<q_{j-1}, J q_j> = beta_{j-1}``
+and the others vanish, so this is the three-term recurrence plus the correction the reference applies).
+The synthesis ``x_s = m + |xi| sum_j g_j q_j`` with the DDIM mean is one pass.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import alloc, contiguous
+from . import reference as ref
+
+CHUNK = 1024
+
+
+@triton.jit
+def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, rows, NPART, CHUNK: tl.constexpr):
+    b = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    mask = offs < N
+    sample = b.to(tl.int64) * N
+    aq = tl.load(aq_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
+    out = part_ptr + (b * NPART + chunk) * (rows + 1)
+    tl.store(out + rows, tl.sum(aq * aq, axis=0))
+    for i in range(rows):
+        q = tl.load(basis_ptr + (first + i) * row_stride + sample + offs, mask=mask, other=0.0)
+        tl.store(out + i, tl.sum(q.to(tl.float32) * aq, axis=0))
+
+
+@triton.jit
+def _residual_kernel(aq_ptr, basis_ptr, coef_ptr, w_ptr, part_ptr, N, row_stride, first, rows, NPART,
+                     CHUNK: tl.constexpr):
+    b = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    mask = offs < N
+    sample = b.to(tl.int64) * N
+    w = tl.load(aq_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
+    for i in range(rows):
+        q = tl.load(basis_ptr + (first + i) * row_stride + sample + offs, mask=mask, other=0.0).to(tl.float32)
+        w -= tl.load(coef_ptr + b * rows + i) * q
+    tl.store(w_ptr + sample + offs, w.to(w_ptr.dtype.element_ty), mask=mask)
+    tl.store(part_ptr + b * NPART + chunk, tl.sum(w * w, axis=0))
+
+
+@triton.jit
+def _scale_kernel(w_ptr, scale_ptr, N, CHUNK: tl.constexpr):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    mask = offs < N
+    ptr = w_ptr + b.to(tl.int64) * N + offs
+    w = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    tl.store(ptr, (w * tl.load(scale_ptr + b)).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _synthesis_kernel(d_ptr, x_ptr, basis_ptr, coef_ptr, out_ptr, N, row_stride, rows, r, CHUNK: tl.constexpr):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    mask = offs < N
+    sample = b.to(tl.int64) * N
+    d = tl.load(d_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
+    xt = tl.load(x_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
+    acc = d + r * (xt - d)
+    for j in range(rows):
+        q = tl.load(basis_ptr + j * row_stride + sample + offs, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(coef_ptr + b * rows + j) * q
+    tl.store(out_ptr + sample + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _geometry(aq: torch.Tensor, basis: torch.Tensor):
+    if not basis.is_contiguous():
+        raise ValueError("basis must be a contiguous (k, B, ...) tensor")
+    b = aq.shape[0]
+    n = aq.numel() // b if b else 0
+    return b, n, triton.cdiv(max(n, 1), CHUNK)
+
+
+def lanczos_update(aq, basis, j, beta_prev, *, reorthogonalize=True):
+    """Triton twin of :func:`covkernels.ops.lanczos.reference.lanczos_update` (three passes)."""
+    if basis.dtype == torch.float64:  # the kernels accumulate in float32: float64 runs use the oracle
+        return ref.lanczos_update(aq, basis, j, beta_prev, reorthogonalize=reorthogonalize)
+    aq = contiguous(aq)
+    b, n, parts = _geometry(aq, basis)
+    first, rows = (0, j + 1) if reorthogonalize else (max(j - 1, 0), min(j, 1) + 1)
+    partials = alloc((b, parts, rows + 1), torch.float32, aq.device)
+    _dots_kernel[(b, parts)](aq, basis, partials, n, b * n, first, rows, parts, CHUNK=CHUNK)
+    sums = partials.sum(1)
+    dots, scale = sums[:, :rows], sums[:, rows].sqrt()
+    alpha = dots[:, -1].clone()
+    coef = dots.clone()
+    if not reorthogonalize and rows == 2:  # three-term recurrence: w = J q_j - beta_{j-1} q_{j-1} - alpha_j q_j
+        coef[:, 0] = beta_prev
+    # The residual goes straight into the row of q_{j+1}; on the last iteration (no such row) only its
+    # norm is wanted and a scratch buffer takes it.
+    w = basis[j + 1] if j + 1 < basis.shape[0] else alloc(basis.shape[1:], basis.dtype, basis.device)
+    wparts = alloc((b, parts), torch.float32, aq.device)
+    _residual_kernel[(b, parts)](aq, basis, coef.contiguous(), w, wparts, n, b * n, first, rows, parts,
+                                 CHUNK=CHUNK)
+    beta = wparts.sum(1).sqrt()
+    alive = beta > ref.breakdown_tolerance(aq.dtype) * scale + torch.finfo(torch.float32).tiny
+    beta = torch.where(alive, beta, torch.zeros_like(beta))
+    inv = torch.where(alive, 1.0 / torch.where(alive, beta, torch.ones_like(beta)), torch.zeros_like(beta))
+    _scale_kernel[(b, parts)](w, inv.contiguous(), n, CHUNK=CHUNK)
+    return alpha, beta
+
+
+def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down, out=None):
+    """Triton twin of :func:`covkernels.ops.lanczos.reference.lanczos_synthesis` (one pass)."""
+    if x_t.dtype == torch.float64:
+        return ref.lanczos_synthesis(denoised, x_t, basis, g, xi_norm, sigma_t=sigma_t, sigma_down=sigma_down)
+    d, x = contiguous(denoised), contiguous(x_t)
+    b, n, parts = _geometry(x, basis)
+    out = alloc(x.shape, x.dtype, x.device) if out is None else out
+    coef = (g.to(torch.float32) * xi_norm.to(torch.float32).unsqueeze(-1)).contiguous()
+    if b and n:
+        _synthesis_kernel[(b, parts)](d, x, basis, coef, out, n, b * n, g.shape[1], sigma_down / sigma_t,
+                                      CHUNK=CHUNK)
+    return out
+
+
+tridiagonal_sqrt_e1 = ref.tridiagonal_sqrt_e1  # a batched k x k eigh: stays in torch
