@@ -38,6 +38,8 @@ def check_inputs(x, sigmas) -> torch.Tensor:
     if sigmas.dim() != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D sequence of at least 2 values, got shape {tuple(sigmas.shape)}")
     s = sigmas.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite (it contains NaN or Inf)")
     if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
         raise ValueError(f"sigmas must be finite and non-negative, got {s.tolist()}")
     if not bool((s[1:] < s[:-1]).all()):
@@ -63,6 +65,10 @@ def _churn(ctx, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
 
 
 def _to_d(x, sigma, denoised):
+    # sigma as a (1, ..., 1) tensor, as k-diffusion's append_dims makes it: this also reproduces its type
+    # promotion (float32 sigmas lift a float16 x to float32), so results match in every dtype.
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.reshape([1] * x.dim())
     return (x - denoised) / sigma
 
 
@@ -100,6 +106,9 @@ def _karras_ode(model, x, sigmas, extra_args, callback, disable, second_order, s
                 generator, sample_offset, check_finite):
     """Euler (``sample_euler``) or Heun (``sample_heun``, Euler on the last step) with Karras churn."""
     sigmas = check_inputs(x, sigmas)
+    for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
     ctx = _context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
     for i in trange(len(sigmas) - 1, disable=disable):
         x, sigma_hat = _churn(ctx, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
@@ -196,6 +205,11 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     step_lib.check_basis(basis, block, x)
+    if not isinstance(channel_average, bool):
+        raise TypeError(f"channel_average must be a bool, got {channel_average!r}")
+    if channel_average and x.dim() != 4:
+        raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}; "
+                         f"pass channel_average=False for other data")
     c_max = step_lib.check_c_max(c_max, allow_none=True)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
@@ -270,6 +284,8 @@ def sample(model, shape, sampler: str = "cov_ddim", steps: int = 8, sigma_min: f
     """
     fn = get_sampler(sampler)
     sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, rho, device=device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     shape = tuple(shape)
     if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"shape must be (B, ...) of positive ints, got {shape}")

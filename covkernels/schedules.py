@@ -81,7 +81,7 @@ def linear_beta_sigmas(n: int, beta_start: float = 1e-4, beta_end: float = 0.02,
     sig = alphas_cumprod_to_sigmas(torch.cumprod(1 - betas, 0))
     tt = num_train_timesteps
     if spacing == "trailing":
-        ts = torch.round(torch.arange(tt, 0, -tt / n, dtype=torch.float64)).long() - 1
+        ts = torch.round(tt - torch.arange(n, dtype=torch.float64) * (tt / n)).long() - 1
     elif spacing == "leading":
         ts = (torch.arange(n, dtype=torch.int64) * (tt // n)).flip(0)
     elif spacing == "linspace":

@@ -101,6 +101,8 @@ class StepContext:
         if out.shape != x.shape:
             raise ValueError(f"model returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)} "
                              f"({what} at step {step}, sigma={sigma:.6g})")
+        if out.device != x.device:
+            raise ValueError(f"model returned a tensor on {out.device} for x on {x.device} ({what} at step {step})")
         if out.dtype != x.dtype:
             raise TypeError(f"model returned dtype {out.dtype} for x of dtype {x.dtype} ({what} at step {step}); "
                             f"cast inside the model or run x in the model's dtype")

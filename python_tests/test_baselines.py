@@ -155,3 +155,10 @@ def test_callback_and_nfe(name, x0):
     assert all(set(d) == {"x", "i", "sigma", "sigma_hat", "denoised"} for d in seen)
     assert all(d["denoised"].shape == x0.shape for d in seen)
     assert sum(rows) == ck.sampling.nfe_per_sample(name, SIGMAS)
+
+
+def test_half_precision_follows_k_diffusion_type_promotion(x0):
+    """k-diffusion divides by append_dims(sigma): float32 sigmas lift a float16 x to float32."""
+    out = ck.sample_ddim(lambda x, s: (x.float() / (1 + s.view(-1, 1, 1, 1) ** 2)).to(x.dtype), x0.half(),
+                         SIGMAS.float(), disable=True)
+    assert out.dtype == torch.float32

@@ -100,3 +100,11 @@ def test_frechet_distance_against_the_closed_form():
     expected = (mx - my).square().sum() + cx.trace() + cy.trace() - 2 * sqrtm(r @ cy @ r).trace()
     assert math.isclose(frechet_distance(x, y), float(expected), rel_tol=1e-9)
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_linear_beta_lengths_for_every_step_count(spacing):
+    for n in range(1, 1001):
+        s = ck.linear_beta_sigmas(n, spacing=spacing)
+        assert s.shape == (n + 1,), n
+        assert bool((s[1:] < s[:-1]).all()), n

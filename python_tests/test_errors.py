@@ -121,3 +121,18 @@ def test_schedule_errors():
         ck.linear_beta_sigmas(4, spacing="middle")
     with pytest.raises(ValueError, match="shape must be"):
         ck.sample(MODEL, (3, 8, 8, 0), disable=True)
+
+
+def test_more_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="x must be finite"):
+        call("ddim", x=X * float("nan"))
+    with pytest.raises(TypeError, match="channel_average must be a bool"):
+        call(channel_average="no")
+    with pytest.raises(ValueError, match="channel_average=True needs images"):
+        call(model=lambda x, s: x, x=torch.zeros(2, 16), basis="identity")
+    with pytest.raises(TypeError, match="dtype must be a floating-point"):
+        ck.sample(MODEL, (1, 3, 8, 8), dtype=torch.int32, disable=True)
+    with pytest.raises(ValueError, match="s_churn must be a non-negative"):
+        call("heun", s_churn=-1.0)
+    with pytest.raises(ValueError, match="model returned a tensor on meta"):
+        call("ddim", model=lambda x, s: torch.empty_like(x, device="meta"))

@@ -130,3 +130,14 @@ def test_block_must_tile():
         dct.block_dct2(x, 0)
     with pytest.raises(ValueError, match="basis must be one of"):
         dct.analysis(x, "fft")
+
+
+def test_streams_build_counters_on_the_target_device():
+    """No CPU tensor may leak into the counters (that would break CUDA); the meta device shows it on CPU."""
+    out = rng.philox_normal(3, (2, 3, 4), step=5, stream=2, device="meta")
+    assert out.device.type == "meta" and out.shape == (2, 3, 4)
+
+
+def test_dct_matrix_cache_cannot_be_corrupted():
+    dct.dct_matrix(4).mul_(0)
+    torch.testing.assert_close(dct.dct_matrix(4) @ dct.dct_matrix(4).T, torch.eye(4, dtype=torch.float64))

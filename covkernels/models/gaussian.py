@@ -77,9 +77,9 @@ class DenseGaussian(_ExactDenoiser):
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
         """``n`` exact data samples ``(n, *event_shape)``."""
-        xi = torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)
-        x = self.mean.flatten() + (xi * self.evals.sqrt()) @ self.evecs.T
-        return x.view(n, *self.event_shape).to(device=device, dtype=dtype)
+        xi = torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)  # CPU generator
+        x = self.mean.cpu().flatten() + (xi * self.evals.cpu().sqrt()) @ self.evecs.cpu().T
+        return x.view(n, *self.event_shape).to(device=device or self.mean.device, dtype=dtype)
 
 
 def stationary_spectrum(channels: int, height: int, width: int, *, std: float = 0.25, length: float = 4.0,
@@ -151,11 +151,11 @@ class SpectralGaussian(_ExactDenoiser):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density ``(B,)`` (float64)."""
-        c = analysis(x.to(torch.float64) - self.mean, self.basis, self.block)
+        c = analysis(x.to(self.mean.device, torch.float64) - self.mean, self.basis, self.block)
         return -0.5 * (c ** 2 / self.spectrum + torch.log(2 * math.pi * self.spectrum)).flatten(1).sum(1)
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
         """``n`` exact data samples ``(n, C, H, W)``."""
-        xi = torch.randn(n, *self.event_shape, generator=generator, dtype=torch.float64)
-        x = self.mean + synthesis(xi * self.spectrum.sqrt(), self.basis, self.block)
-        return x.to(device=device, dtype=dtype)
+        xi = torch.randn(n, *self.event_shape, generator=generator, dtype=torch.float64)  # CPU generator
+        x = self.mean.cpu() + synthesis(xi * self.spectrum.cpu().sqrt(), self.basis, self.block)
+        return x.to(device=device or self.mean.device, dtype=dtype)

@@ -58,17 +58,17 @@ class GaussianMixture(_ExactDenoiser):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density ``(B,)`` (float64)."""
-        c = analysis(x.to(torch.float64), self.basis, self.block)
-        s2 = torch.zeros(x.shape[0], 1, 1, 1, dtype=torch.float64)
+        c = analysis(x.to(self.means.device, torch.float64), self.basis, self.block)
+        s2 = torch.zeros(x.shape[0], 1, 1, 1, dtype=torch.float64, device=c.device)
         n = math.prod(self.event_shape)
         return torch.logsumexp(self._log_responsibilities(c, s2, torch.float64), dim=1) - 0.5 * n * math.log(2 * math.pi)
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
         """``n`` exact data samples ``(n, C, H, W)``."""
-        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        k = torch.multinomial(self.log_weights.cpu().exp(), n, replacement=True, generator=generator)  # CPU gen.
         xi = torch.randn(n, *self.event_shape, generator=generator, dtype=torch.float64)
-        c = self.mean_coeffs[k] + xi * self.spectra[k].sqrt()
-        return synthesis(c, self.basis, self.block).to(device=device, dtype=dtype)
+        c = self.mean_coeffs.cpu()[k] + xi * self.spectra.cpu()[k].sqrt()
+        return synthesis(c, self.basis, self.block).to(device=device or self.means.device, dtype=dtype)
 
 
 def _demo_means(size: int) -> torch.Tensor:

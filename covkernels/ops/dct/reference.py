@@ -29,7 +29,9 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> torch
     """Orthonormal DCT-II matrix ``M`` of size ``(n, n)``: ``coeffs = M @ signal``, ``M @ M.T == I``."""
     if n < 1:
         raise ValueError(f"DCT size must be >= 1, got {n}")
-    return _dct_matrix_f64(int(n)).to(dtype=dtype, device=device)
+    m = _dct_matrix_f64(int(n))
+    out = m.to(dtype=dtype, device=device)
+    return out.clone() if out is m else out  # never hand out the cached tensor itself
 
 
 def _check_image(x: torch.Tensor, name: str = "x") -> None:

@@ -92,7 +92,8 @@ def _generate(seed: int, shape, sample_offset: int, step: int, stream: int, devi
     key = _key(seed)
     for begin in range(0, total, chunk):
         idx = torch.arange(begin, min(total, begin + chunk), dtype=torch.int64, device=device)
-        counter = (idx % per_sample, idx // per_sample + sample_offset, torch.tensor(step), torch.tensor(stream))
+        counter = (idx % per_sample, idx // per_sample + sample_offset, torch.full_like(idx, step),
+                   torch.full_like(idx, stream))
         out[begin:begin + idx.numel()] = transform(philox4x32(counter, key))
     return out.view(shape)
 

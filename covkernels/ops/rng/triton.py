@@ -32,10 +32,8 @@ def counters(elem, sample, step, stream):
     """Broadcast the scalar counter words to ``elem``'s shape, all as uint32."""
     e = elem.to(tl.uint32)
     zero = e * 0
-    sample = tl.to_tensor(sample).to(tl.uint32)  # to_tensor: loop indices may be plain ints when interpreted
-    step = tl.to_tensor(step).to(tl.uint32)
-    stream = tl.to_tensor(stream).to(tl.uint32)
-    return e, zero + sample, zero + step, zero + stream
+    # `zero + s` makes a tensor of scalars that may be plain ints (interpreted loop indices)
+    return e, (zero + sample).to(tl.uint32), (zero + step).to(tl.uint32), (zero + stream).to(tl.uint32)
 
 
 @triton.jit
