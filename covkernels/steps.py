@@ -171,7 +171,7 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
 def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
                  lanczos_steps: int, reorthogonalize: bool, c_max: float | None):
     """LGS: k Lanczos iterations of J started at the step's Gaussian noise xi, then
-    ``x_s = m + ||xi|| Q_k sqrt(T_S) e_1``. Stops early when every sample's Krylov space is invariant.
+    ``x_s = m + ||xi|| Q_k sqrt(T_S) e_1`` with ``T_S`` built from the symmetric part of ``Q^T J Q``. Stops early when every sample's Krylov space is invariant.
     Returns ``(x_s, denoised)``."""
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
     wd = work_dtype(x.dtype)
@@ -181,17 +181,15 @@ def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
     basis = torch.empty((lanczos_steps,) + tuple(x.shape), dtype=wd, device=x.device)
     basis[0] = xi / xi_norm.view(-1, *([1] * (x.dim() - 1)))
     denoised, aq = ctx.jvp(x, sigma_t, basis[0].to(x.dtype), step)
-    alphas, betas, beta = [], [], None
+    hs, betas = [], []
     for j in range(lanczos_steps):
-        alpha, beta = ctx.ops.lanczos_update(aq, basis, j, beta, reorthogonalize=reorthogonalize)
-        alphas.append(alpha)
+        h, beta = ctx.ops.lanczos_update(aq, basis, j, reorthogonalize=reorthogonalize)
+        hs.append(h)
         if j == lanczos_steps - 1 or not bool((beta > 0).any()):
             break
         betas.append(beta)
         _, aq = ctx.jvp(x, sigma_t, basis[j + 1].to(x.dtype), step, fresh=False)
-    alpha_t = torch.stack(alphas, dim=1)
-    beta_t = torch.stack(betas, dim=1) if betas else alpha_t.new_zeros(alpha_t.shape[0], 0)
-    g = ctx.ops.tridiagonal_sqrt_e1(alpha_t, beta_t, shift=sigma_up ** 2, scale=sigma_t - sigma_down, c_max=c_max)
+    g = ctx.ops.krylov_sqrt_e1(hs, betas, shift=sigma_up ** 2, scale=sigma_t - sigma_down, c_max=c_max)
     x_s = ctx.ops.lanczos_synthesis(denoised, x, basis, g, xi_norm, sigma_t=sigma_t, sigma_down=sigma_down)
     return x_s, denoised
 

@@ -76,40 +76,61 @@ def run_lanczos(a, xi, k, reorth=True, ops=lz):
     xi_norm = xi.norm(dim=1)
     basis = torch.zeros((k,) + tuple(xi.shape), dtype=xi.dtype)
     basis[0] = xi / xi_norm[:, None]
-    alphas, betas, beta = [], [], None
+    hs, betas = [], []
     for j in range(k):
-        alpha, beta = ops.lanczos_update(basis[j] @ a.T, basis, j, beta, reorthogonalize=reorth)
-        alphas.append(alpha)
-        if j < k - 1:
-            betas.append(beta)
-    betas = torch.stack(betas, 1) if betas else torch.zeros(xi.shape[0], 0, dtype=xi.dtype)
-    return basis, torch.stack(alphas, 1), betas, xi_norm
+        h, beta = ops.lanczos_update(basis[j] @ a.T, basis, j, reorthogonalize=reorth)
+        hs.append(h)
+        betas.append(beta)
+    return basis, hs, betas, xi_norm
+
+
+def synthesize(basis, g, xi_norm):
+    zeros = torch.zeros_like(basis[0])
+    return lz.lanczos_synthesis(zeros, zeros, basis, g, xi_norm, sigma_t=1.0, sigma_down=0.0)
+
+
+def sqrtm(m):
+    evals, evecs = torch.linalg.eigh(m)
+    return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
 
 
 def test_lanczos_full_krylov_reproduces_the_matrix_square_root():
     d = 12
     a = spd_matrix(d, seed=8) * 0.4
     xi = torch.randn(3, d, generator=gen(9), dtype=torch.float64)
-    basis, alpha, beta, xi_norm = run_lanczos(a, xi, d)
+    basis, hs, betas, xi_norm = run_lanczos(a, xi, d)
     q = basis.permute(1, 2, 0)  # (B, d, k)
     torch.testing.assert_close(q.transpose(1, 2) @ q, torch.eye(d, dtype=torch.float64).expand(3, d, d))
-    torch.testing.assert_close(q.transpose(1, 2) @ a @ q, lz.tridiagonal(alpha, beta))
+    t = lz.krylov_matrix(hs, betas[:-1])
+    torch.testing.assert_close(q.transpose(1, 2) @ a @ q, t)
+    off = t - torch.diag_embed(t.diagonal(dim1=1, dim2=2))
+    assert float(off.abs().triu(2).max()) < 1e-10  # symmetric J: the projection is tridiagonal
     shift, scale = 0.25, 1.5
-    g = lz.tridiagonal_sqrt_e1(alpha, beta, shift=shift, scale=scale)
-    zeros = torch.zeros_like(xi)
-    y = lz.lanczos_synthesis(zeros, zeros, basis, g, xi_norm, sigma_t=1.0, sigma_down=0.0)
-    evals, evecs = torch.linalg.eigh(shift * torch.eye(d, dtype=torch.float64) + scale ** 2 * a)
-    root = (evecs * evals.sqrt()) @ evecs.T
-    torch.testing.assert_close(y, xi @ root.T)
+    y = synthesize(basis, lz.krylov_sqrt_e1(hs, betas[:-1], shift=shift, scale=scale), xi_norm)
+    torch.testing.assert_close(y, xi @ sqrtm(shift * torch.eye(d, dtype=torch.float64) + scale ** 2 * a).T)
+
+
+def test_lanczos_uses_the_symmetric_part_of_a_non_symmetric_jacobian():
+    """Trained networks (and finite differences) have non-symmetric J; the covariance uses sym(J)."""
+    d = 10
+    sym = spd_matrix(d, seed=1) * 0.4
+    skew = torch.randn(d, d, generator=gen(2), dtype=torch.float64)
+    a = sym + 0.3 * (skew - skew.T)
+    xi = torch.randn(2, d, generator=gen(3), dtype=torch.float64)
+    basis, hs, betas, xi_norm = run_lanczos(a, xi, d)
+    q = basis.permute(1, 2, 0)
+    torch.testing.assert_close(lz.krylov_matrix(hs, betas[:-1]), q.transpose(1, 2) @ sym @ q)
+    y = synthesize(basis, lz.krylov_sqrt_e1(hs, betas[:-1], shift=0.1, scale=1.0), xi_norm)
+    torch.testing.assert_close(y, xi @ sqrtm(0.1 * torch.eye(d, dtype=torch.float64) + sym).T)
 
 
 def test_lanczos_one_step_is_the_rayleigh_quotient():
     a = spd_matrix(6, seed=1)
     xi = torch.randn(2, 6, generator=gen(2), dtype=torch.float64)
-    basis, alpha, beta, xi_norm = run_lanczos(a, xi, 1)
+    basis, hs, betas, xi_norm = run_lanczos(a, xi, 1)
     rq = ((xi @ a) * xi).sum(1) / (xi * xi).sum(1)
-    torch.testing.assert_close(alpha[:, 0], rq)
-    g = lz.tridiagonal_sqrt_e1(alpha, beta, shift=0.1, scale=2.0)
+    torch.testing.assert_close(hs[0][:, 0], rq)
+    g = lz.krylov_sqrt_e1(hs, [], shift=0.1, scale=2.0)
     torch.testing.assert_close(g[:, 0], (0.1 + 4.0 * rq).sqrt())
 
 
@@ -118,22 +139,21 @@ def test_lanczos_breakdown_gives_zero_beta_and_vector(a_kind):
     d = 5
     a = torch.zeros(d, d, dtype=torch.float64) if a_kind == "zero" else torch.eye(d, dtype=torch.float64)
     xi = torch.randn(2, d, generator=gen(3), dtype=torch.float64)
-    basis, alpha, beta, xi_norm = run_lanczos(a, xi, 3)
-    assert torch.equal(beta, torch.zeros_like(beta))
+    basis, hs, betas, xi_norm = run_lanczos(a, xi, 3)
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in betas)
     assert torch.equal(basis[1:], torch.zeros_like(basis[1:]))
-    g = lz.tridiagonal_sqrt_e1(alpha, beta, shift=0.09, scale=1.0)
-    zeros = torch.zeros_like(xi)
-    y = lz.lanczos_synthesis(zeros, zeros, basis, g, xi_norm, sigma_t=1.0, sigma_down=0.0)
+    y = synthesize(basis, lz.krylov_sqrt_e1(hs, betas[:-1], shift=0.09, scale=1.0), xi_norm)
     expected_std = 0.3 if a_kind == "zero" else (0.09 + 1.0) ** 0.5
     torch.testing.assert_close(y, expected_std * xi)
 
 
 def test_ritz_values_are_clamped():
-    """An indefinite operator must not give imaginary noise: Ritz values of T_J are clamped to [0, c_max]."""
-    alpha = torch.tensor([[-2.0, 3.0]], dtype=torch.float64)
-    beta = torch.zeros(1, 1, dtype=torch.float64)
-    g = lz.tridiagonal_sqrt_e1(alpha, beta, shift=0.04, scale=1.0)
+    """An indefinite operator must not give imaginary noise: Ritz values are clamped to [0, c_max]."""
+    hs = [torch.tensor([[-2.0]], dtype=torch.float64), torch.tensor([[0.0, 3.0]], dtype=torch.float64)]
+    betas = [torch.zeros(1, dtype=torch.float64)]
+    g = lz.krylov_sqrt_e1(hs, betas, shift=0.04, scale=1.0)
     torch.testing.assert_close(g, torch.tensor([[0.2, 0.0]], dtype=torch.float64))
-    g = lz.tridiagonal_sqrt_e1(torch.tensor([[3.0]], dtype=torch.float64), beta[:, :0], shift=0.0, scale=1.0,
-                               c_max=1.0)
+    g = lz.krylov_sqrt_e1(hs[:1], [], shift=0.0, scale=1.0, c_max=1.0)
+    torch.testing.assert_close(g, torch.tensor([[0.0]], dtype=torch.float64))
+    g = lz.krylov_sqrt_e1([torch.tensor([[3.0]], dtype=torch.float64)], [], shift=0.0, scale=1.0, c_max=1.0)
     torch.testing.assert_close(g, torch.tensor([[1.0]], dtype=torch.float64))

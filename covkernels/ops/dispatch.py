@@ -35,7 +35,7 @@ class Backend:
     probe_tangent: Callable  # noise: F^T z from (seed, counters)
     structured_step: Callable  # noise: the whole cov_ddim / diag_hutchinson update
     lanczos_update: Callable  # lanczos: one iteration given J q_j
-    tridiagonal_sqrt_e1: Callable  # lanczos: sqrt(T_S) e_1, batched k x k
+    krylov_sqrt_e1: Callable  # lanczos: sqrt(T_S) e_1, batched k x k
     lanczos_synthesis: Callable  # lanczos: m + ||xi|| Q g
 
 
@@ -47,7 +47,7 @@ REFERENCE = Backend(
     probe_tangent=noise_ref.probe_tangent,
     structured_step=noise_ref.structured_step,
     lanczos_update=lanczos_ref.lanczos_update,
-    tridiagonal_sqrt_e1=lanczos_ref.tridiagonal_sqrt_e1,
+    krylov_sqrt_e1=lanczos_ref.krylov_sqrt_e1,
     lanczos_synthesis=lanczos_ref.lanczos_synthesis,
 )
 
@@ -87,7 +87,7 @@ def _triton_backend() -> Backend:
         probe_tangent=noise_tr.probe_tangent,
         structured_step=noise_tr.structured_step,
         lanczos_update=lanczos_tr.lanczos_update,
-        tridiagonal_sqrt_e1=lanczos_tr.tridiagonal_sqrt_e1,
+        krylov_sqrt_e1=lanczos_tr.krylov_sqrt_e1,
         lanczos_synthesis=lanczos_tr.lanczos_synthesis,
     )
 

@@ -4,11 +4,11 @@ The loop itself (which calls the model for ``J q_j``) lives in ``covkernels.step
 call the model:
 
 * :func:`lanczos_update` - one Lanczos iteration given ``J q_j``, on a preallocated ``(k, B, ...)`` basis;
-* :func:`tridiagonal_sqrt_e1` - ``g = f(T_S) e_1`` with ``f = sqrt`` for the shifted k x k tridiagonal;
+* :func:`krylov_sqrt_e1` - ``g = f(T_S) e_1``, ``f = sqrt``, for the shifted k x k projected operator;
 * :func:`lanczos_synthesis` - ``x_s = m + ||xi|| Q_k g`` (with the DDIM mean m).
 
 Vectors are ``(B, ...)``; per-sample reductions are over all non-batch dims, accumulated in float32 at
-least; ``alpha``/``beta`` are ``(B,)`` per iteration and ``(B, k)`` / ``(B, k-1)`` stacked.
+least; per iteration ``h (B, j+1)`` (projections on the basis) and ``beta (B,)``.
 """
 from __future__ import annotations
 
@@ -32,61 +32,79 @@ def breakdown_tolerance(dtype: torch.dtype) -> float:
     return 100.0 * torch.finfo(work_dtype(dtype)).eps
 
 
-def lanczos_update(aq: torch.Tensor, basis: torch.Tensor, j: int, beta_prev: torch.Tensor | None, *,
-                   reorthogonalize: bool = True):
+def update_rows(j: int, reorthogonalize: bool) -> tuple[int, int]:
+    """``(first, count)``: the basis rows ``q_i`` an iteration orthogonalises ``J q_j`` against."""
+    return (0, j + 1) if reorthogonalize else (max(j - 1, 0), min(j, 1) + 1)
+
+
+def lanczos_update(aq: torch.Tensor, basis: torch.Tensor, j: int, *, reorthogonalize: bool = True):
     """One Lanczos iteration; writes ``q_{j+1}`` into ``basis[j + 1]`` (when that row exists).
 
     ``aq``: ``J q_j`` ``(B, ...)``; ``basis``: ``(k, B, ...)`` float32 (float64 for float64 runs) whose rows
-    ``0..j`` hold ``q_1..q_{j+1}`` (orthonormal, zero after a breakdown); ``beta_prev``: ``beta_{j-1}``
-    ``(B,)`` or None for ``j = 0``. Returns ``(alpha_j, beta_j)``, both ``(B,)``. Where the residual is at
-    rounding level (the Krylov space is invariant, e.g. J = 0) ``beta_j = 0`` and ``q_{j+1} = 0``, so later
-    iterations of that sample are exact no-ops and its T stays block diagonal.
+    ``0..j`` hold ``q_1..q_{j+1}`` (orthonormal, zero after a breakdown). The residual
+    ``w = J q_j - sum_i h_i q_i`` with ``h_i = <q_i, J q_j>`` is taken against every previous row
+    (``reorthogonalize``: two classical Gram-Schmidt sweeps, the three-term recurrence plus the correction
+    rounding and approximate JVPs need) or against ``q_{j-1}, q_j`` only (plain Lanczos).
+    Returns ``(h, beta)``: ``h (B, j+1)`` (zero for rows not used) and ``beta = |w| (B,)``. Where the
+    residual is at rounding level (the Krylov space is invariant, e.g. J = 0) ``beta = 0`` and
+    ``q_{j+1} = 0``, so later iterations of that sample are exact no-ops.
     """
     wd = basis.dtype
-    q = basis[j]
     w = aq.to(wd)
+    first, count = update_rows(j, reorthogonalize)
+    h = torch.zeros(w.shape[0], j + 1, dtype=wd, device=w.device)
+    for i in range(first, first + count):
+        h[:, i] = batch_dot(basis[i], w)
     scale = w.flatten(1).norm(dim=1)
-    if beta_prev is not None and j > 0:
-        w = w - _bcast(beta_prev.to(wd), w) * basis[j - 1]
-    alpha = batch_dot(q, w)
-    w = w - _bcast(alpha, w) * q
+    for i in range(first, first + count):
+        w = w - _bcast(h[:, i], w) * basis[i]
     if reorthogonalize:
-        # One classical Gram-Schmidt pass against all previous vectors (k <= 8: cheap); it restores the
-        # orthogonality that rounding and approximate (finite-difference) JVPs destroy.
-        for i in range(j + 1):
-            w = w - _bcast(batch_dot(basis[i], w), w) * basis[i]
+        # "Twice is enough": one classical Gram-Schmidt sweep loses orthogonality to cancellation when
+        # the residual is small next to J q_j (nearly invariant Krylov spaces, J ~ I at low sigma); a
+        # second sweep restores it, and its projections belong to h too.
+        h2 = torch.stack([batch_dot(basis[i], w) for i in range(first, first + count)], dim=1)
+        for i in range(first, first + count):
+            w = w - _bcast(h2[:, i - first], w) * basis[i]
+        h[:, first:first + count] += h2
     beta = w.flatten(1).norm(dim=1)
-    tiny = torch.finfo(wd).tiny
-    alive = beta > breakdown_tolerance(aq.dtype) * scale + tiny
+    alive = beta > breakdown_tolerance(aq.dtype) * scale + torch.finfo(wd).tiny
     beta = torch.where(alive, beta, torch.zeros_like(beta))
     if j + 1 < basis.shape[0]:
-        q_next = w / _bcast(torch.where(alive, beta, torch.ones_like(beta)), w)
-        basis[j + 1] = q_next * _bcast(alive.to(wd), w)
-    return alpha, beta
+        inv = torch.where(alive, 1.0 / torch.where(alive, beta, torch.ones_like(beta)), torch.zeros_like(beta))
+        basis[j + 1] = w * _bcast(inv, w)
+    return h, beta
 
 
-def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Dense symmetric tridiagonal ``(B, k, k)`` from ``alpha (B, k)`` and ``beta (B, k-1)``."""
-    t = torch.diag_embed(alpha)
-    if beta.shape[-1] > 0:
-        t = t + torch.diag_embed(beta, offset=1) + torch.diag_embed(beta, offset=-1)
-    return t
+def krylov_matrix(hs: list[torch.Tensor], betas: list[torch.Tensor]) -> torch.Tensor:
+    """Symmetric part of the projected operator, ``sym(Q^T J Q)`` ``(B, k, k)`` (float64).
 
-
-def tridiagonal_sqrt_e1(alpha: torch.Tensor, beta: torch.Tensor, *, shift: float, scale: float,
-                        c_max: float | None = None) -> torch.Tensor:
-    """``g = sqrt(shift I + scale^2 T_J) e_1`` for the Lanczos tridiagonal ``T_J`` of ``J``.
-
-    ``alpha (B, k)``, ``beta (B, k-1)`` -> ``g (B, k)``. Ritz values of ``T_J`` are clamped to
-    ``[0, c_max]`` before the shift (indefinite or non-symmetric J must not give imaginary noise). The
-    k x k eigendecomposition runs batched in float64 (negligible cost, robust for clustered spectra).
+    ``M = Q^T J Q`` is upper Hessenberg: column ``j`` holds ``h_j`` above the diagonal and ``beta_j`` just
+    below. For a symmetric J, ``sym(M)`` is the Lanczos tridiagonal; for the non-symmetric Jacobians of
+    trained networks it is the projection of ``sym(J)`` (DESIGN.md 1: the covariance uses the symmetric
+    part of J), where ``beta`` alone would absorb the antisymmetric part.
     """
-    t = tridiagonal(alpha.to(torch.float64), beta.to(torch.float64))
-    ritz, vecs = torch.linalg.eigh(t)
+    k, b = len(hs), hs[0].shape[0]
+    m = torch.zeros(b, k, k, dtype=torch.float64, device=hs[0].device)
+    for j, h in enumerate(hs):
+        m[:, :j + 1, j] = h.to(torch.float64)
+        if j + 1 < k:
+            m[:, j + 1, j] = betas[j].to(torch.float64)
+    return 0.5 * (m + m.transpose(1, 2))
+
+
+def krylov_sqrt_e1(hs: list[torch.Tensor], betas: list[torch.Tensor], *, shift: float, scale: float,
+                   c_max: float | None = None) -> torch.Tensor:
+    """``g = sqrt(shift I + scale^2 T) e_1 (B, k)`` for ``T`` = :func:`krylov_matrix`.
+
+    Ritz values of ``T`` are clamped to ``[0, c_max]`` before the shift (an indefinite J must not give
+    imaginary noise). The k x k eigendecomposition runs batched in float64 (negligible, robust for
+    clustered spectra).
+    """
+    ritz, vecs = torch.linalg.eigh(krylov_matrix(hs, betas))
     ritz = ritz.clamp(min=0.0, max=c_max)
     root = torch.sqrt(shift + scale ** 2 * ritz)
     g = (vecs * root.unsqueeze(-2)) @ vecs[..., 0, :].unsqueeze(-1)
-    return g.squeeze(-1).to(alpha.dtype)
+    return g.squeeze(-1).to(hs[0].dtype)
 
 
 def lanczos_synthesis(denoised: torch.Tensor, x_t: torch.Tensor, basis: torch.Tensor, g: torch.Tensor,

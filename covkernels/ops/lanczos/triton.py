@@ -1,16 +1,15 @@
 """Lanczos vector updates and the final synthesis in Triton, per-sample reductions in float32.
 
-One iteration (``J q_j`` given) is three passes over a sample's ``N = C H W`` elements:
+One iteration (``J q_j`` given) is three passes over a sample's ``N = C H W`` elements (five with
+reorthogonalisation, whose second Gram-Schmidt sweep repeats passes 1 and 2 on ``w``):
 
-1. dots: ``<q_i, J q_j>`` for the rows the update needs (all ``i <= j`` with reorthogonalisation, else
-   ``j``) and ``|J q_j|^2`` (the breakdown scale), as per-program partial sums;
+1. dots: ``h_i = <q_i, J q_j>`` for the rows the update needs (all ``i <= j`` with reorthogonalisation,
+   else ``j - 1, j``) and ``|J q_j|^2`` (the breakdown scale), as per-program partial sums;
 2. residual: ``w = J q_j - sum_i coef_i q_i`` written into ``basis[j + 1]``, with partial ``|w|^2``;
 3. normalise ``basis[j + 1]`` by ``beta_j`` (zero where the Krylov space is invariant).
 
 Partial sums go to a ``(B, programs, ...)`` buffer reduced by torch, not by atomics, so results are
-bitwise reproducible. With reorthogonalisation the subtraction is one classical Gram-Schmidt sweep against
-every previous vector using the dots with ``J q_j`` (in exact arithmetic ``<q_{j-1}, J q_j> = beta_{j-1}``
-and the others vanish, so this is the three-term recurrence plus the correction the reference applies).
+bitwise reproducible. The algorithm is the reference's: one classical Gram-Schmidt sweep with the dots.
 The synthesis ``x_s = m + |xi| sum_j g_j q_j`` with the DDIM mean is one pass.
 """
 from __future__ import annotations
@@ -89,33 +88,35 @@ def _geometry(aq: torch.Tensor, basis: torch.Tensor):
     return b, n, triton.cdiv(max(n, 1), CHUNK)
 
 
-def lanczos_update(aq, basis, j, beta_prev, *, reorthogonalize=True):
+def lanczos_update(aq, basis, j, *, reorthogonalize=True):
     """Triton twin of :func:`covkernels.ops.lanczos.reference.lanczos_update` (three passes)."""
     if basis.dtype == torch.float64:  # the kernels accumulate in float32: float64 runs use the oracle
-        return ref.lanczos_update(aq, basis, j, beta_prev, reorthogonalize=reorthogonalize)
+        return ref.lanczos_update(aq, basis, j, reorthogonalize=reorthogonalize)
     aq = contiguous(aq)
     b, n, parts = _geometry(aq, basis)
-    first, rows = (0, j + 1) if reorthogonalize else (max(j - 1, 0), min(j, 1) + 1)
+    first, rows = ref.update_rows(j, reorthogonalize)
     partials = alloc((b, parts, rows + 1), torch.float32, aq.device)
     _dots_kernel[(b, parts)](aq, basis, partials, n, b * n, first, rows, parts, CHUNK=CHUNK)
     sums = partials.sum(1)
-    dots, scale = sums[:, :rows], sums[:, rows].sqrt()
-    alpha = dots[:, -1].clone()
-    coef = dots.clone()
-    if not reorthogonalize and rows == 2:  # three-term recurrence: w = J q_j - beta_{j-1} q_{j-1} - alpha_j q_j
-        coef[:, 0] = beta_prev
+    coef, scale = sums[:, :rows].contiguous(), sums[:, rows].sqrt()
+    h = torch.zeros(b, j + 1, dtype=torch.float32, device=aq.device)
+    h[:, first:first + rows] = coef
     # The residual goes straight into the row of q_{j+1}; on the last iteration (no such row) only its
     # norm is wanted and a scratch buffer takes it.
     w = basis[j + 1] if j + 1 < basis.shape[0] else alloc(basis.shape[1:], basis.dtype, basis.device)
     wparts = alloc((b, parts), torch.float32, aq.device)
-    _residual_kernel[(b, parts)](aq, basis, coef.contiguous(), w, wparts, n, b * n, first, rows, parts,
-                                 CHUNK=CHUNK)
+    _residual_kernel[(b, parts)](aq, basis, coef, w, wparts, n, b * n, first, rows, parts, CHUNK=CHUNK)
+    if reorthogonalize:  # second Gram-Schmidt sweep ("twice is enough"), in place on w
+        _dots_kernel[(b, parts)](w, basis, partials, n, b * n, first, rows, parts, CHUNK=CHUNK)
+        coef2 = partials.sum(1)[:, :rows].contiguous()
+        _residual_kernel[(b, parts)](w, basis, coef2, w, wparts, n, b * n, first, rows, parts, CHUNK=CHUNK)
+        h[:, first:first + rows] += coef2
     beta = wparts.sum(1).sqrt()
     alive = beta > ref.breakdown_tolerance(aq.dtype) * scale + torch.finfo(torch.float32).tiny
     beta = torch.where(alive, beta, torch.zeros_like(beta))
     inv = torch.where(alive, 1.0 / torch.where(alive, beta, torch.ones_like(beta)), torch.zeros_like(beta))
     _scale_kernel[(b, parts)](w, inv.contiguous(), n, CHUNK=CHUNK)
-    return alpha, beta
+    return h, beta
 
 
 def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down, out=None):
@@ -132,4 +133,4 @@ def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down, 
     return out
 
 
-tridiagonal_sqrt_e1 = ref.tridiagonal_sqrt_e1  # a batched k x k eigh: stays in torch
+krylov_sqrt_e1 = ref.krylov_sqrt_e1  # a batched k x k eigh: stays in torch
