@@ -25,7 +25,7 @@ CHUNK = 1024
 
 
 @triton.jit
-def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, rows, NPART, CHUNK: tl.constexpr):
+def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, NPART, rows: tl.constexpr, CHUNK: tl.constexpr):
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     offs = chunk * CHUNK + tl.arange(0, CHUNK)
@@ -34,21 +34,21 @@ def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, rows, NPART,
     aq = tl.load(aq_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     out = part_ptr + (b * NPART + chunk) * (rows + 1)
     tl.store(out + rows, tl.sum(aq * aq, axis=0))
-    for i in range(rows):
+    for i in tl.static_range(rows):
         q = tl.load(basis_ptr + (first + i) * row_stride + sample + offs, mask=mask, other=0.0)
         tl.store(out + i, tl.sum(q.to(tl.float32) * aq, axis=0))
 
 
 @triton.jit
-def _residual_kernel(aq_ptr, basis_ptr, coef_ptr, w_ptr, part_ptr, N, row_stride, first, rows, NPART,
-                     CHUNK: tl.constexpr):
+def _residual_kernel(aq_ptr, basis_ptr, coef_ptr, w_ptr, part_ptr, N, row_stride, first, NPART,
+                     rows: tl.constexpr, CHUNK: tl.constexpr):
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     offs = chunk * CHUNK + tl.arange(0, CHUNK)
     mask = offs < N
     sample = b.to(tl.int64) * N
     w = tl.load(aq_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
-    for i in range(rows):
+    for i in tl.static_range(rows):
         q = tl.load(basis_ptr + (first + i) * row_stride + sample + offs, mask=mask, other=0.0).to(tl.float32)
         w -= tl.load(coef_ptr + b * rows + i) * q
     tl.store(w_ptr + sample + offs, w.to(w_ptr.dtype.element_ty), mask=mask)
@@ -66,7 +66,8 @@ def _scale_kernel(w_ptr, scale_ptr, N, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _synthesis_kernel(d_ptr, x_ptr, basis_ptr, coef_ptr, out_ptr, N, row_stride, rows, r, CHUNK: tl.constexpr):
+def _synthesis_kernel(d_ptr, x_ptr, basis_ptr, coef_ptr, out_ptr, N, row_stride, r, rows: tl.constexpr,
+                      CHUNK: tl.constexpr):
     b = tl.program_id(0)
     offs = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
     mask = offs < N
@@ -74,7 +75,7 @@ def _synthesis_kernel(d_ptr, x_ptr, basis_ptr, coef_ptr, out_ptr, N, row_stride,
     d = tl.load(d_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     xt = tl.load(x_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     acc = d + r * (xt - d)
-    for j in range(rows):
+    for j in tl.static_range(rows):
         q = tl.load(basis_ptr + j * row_stride + sample + offs, mask=mask, other=0.0).to(tl.float32)
         acc += tl.load(coef_ptr + b * rows + j) * q
     tl.store(out_ptr + sample + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -96,7 +97,7 @@ def lanczos_update(aq, basis, j, *, reorthogonalize=True):
     b, n, parts = _geometry(aq, basis)
     first, rows = ref.update_rows(j, reorthogonalize)
     partials = alloc((b, parts, rows + 1), torch.float32, aq.device)
-    _dots_kernel[(b, parts)](aq, basis, partials, n, b * n, first, rows, parts, CHUNK=CHUNK)
+    _dots_kernel[(b, parts)](aq, basis, partials, n, b * n, first, parts, rows=rows, CHUNK=CHUNK)
     sums = partials.sum(1)
     coef, scale = sums[:, :rows].contiguous(), sums[:, rows].sqrt()
     h = torch.zeros(b, j + 1, dtype=torch.float32, device=aq.device)
@@ -105,11 +106,11 @@ def lanczos_update(aq, basis, j, *, reorthogonalize=True):
     # norm is wanted and a scratch buffer takes it.
     w = basis[j + 1] if j + 1 < basis.shape[0] else alloc(basis.shape[1:], basis.dtype, basis.device)
     wparts = alloc((b, parts), torch.float32, aq.device)
-    _residual_kernel[(b, parts)](aq, basis, coef, w, wparts, n, b * n, first, rows, parts, CHUNK=CHUNK)
+    _residual_kernel[(b, parts)](aq, basis, coef, w, wparts, n, b * n, first, parts, rows=rows, CHUNK=CHUNK)
     if reorthogonalize:  # second Gram-Schmidt sweep ("twice is enough"), in place on w
-        _dots_kernel[(b, parts)](w, basis, partials, n, b * n, first, rows, parts, CHUNK=CHUNK)
+        _dots_kernel[(b, parts)](w, basis, partials, n, b * n, first, parts, rows=rows, CHUNK=CHUNK)
         coef2 = partials.sum(1)[:, :rows].contiguous()
-        _residual_kernel[(b, parts)](w, basis, coef2, w, wparts, n, b * n, first, rows, parts, CHUNK=CHUNK)
+        _residual_kernel[(b, parts)](w, basis, coef2, w, wparts, n, b * n, first, parts, rows=rows, CHUNK=CHUNK)
         h[:, first:first + rows] += coef2
     beta = wparts.sum(1).sqrt()
     alive = beta > ref.breakdown_tolerance(aq.dtype) * scale + torch.finfo(torch.float32).tiny
@@ -128,7 +129,7 @@ def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down, 
     out = alloc(x.shape, x.dtype, x.device) if out is None else out
     coef = (g.to(torch.float32) * xi_norm.to(torch.float32).unsqueeze(-1)).contiguous()
     if b and n:
-        _synthesis_kernel[(b, parts)](d, x, basis, coef, out, n, b * n, g.shape[1], sigma_down / sigma_t,
+        _synthesis_kernel[(b, parts)](d, x, basis, coef, out, n, b * n, sigma_down / sigma_t, rows=g.shape[1],
                                       CHUNK=CHUNK)
     return out
 

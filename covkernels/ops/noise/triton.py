@@ -40,11 +40,11 @@ def _probe_tangent_kernel(out_ptr, m_ptr, C, H, W, seed, sample_offset, step, st
 
 
 @triton.jit
-def _channel_estimate(jv_ptr, probe_stride, base, elem, offs, mask, m, P, seed, sample, step,
+def _channel_estimate(jv_ptr, probe_stride, base, elem, offs, mask, m, P: tl.constexpr, seed, sample, step,
                       K: tl.constexpr, TW: tl.constexpr):
     """Sum over probes of ``z_p * (F Jv_p)`` for one channel's strip (float32)."""
     acc = tl.zeros((K, TW), dtype=tl.float32)
-    for p in range(P):
+    for p in tl.static_range(P):
         jv = tl.load(jv_ptr + p * probe_stride + base + offs, mask=mask, other=0.0).to(tl.float32)
         z = rademacher(seed, elem, sample, step, 16 + p)  # STREAM_PROBE + p
         acc += z * block_transform(jv, m, K, TW)
@@ -71,9 +71,11 @@ def _clamped_std(c, var0, scale2, c_max, HAS_CMAX: tl.constexpr):
 
 
 @triton.jit
-def _structured_step_kernel(d_ptr, x_ptr, jv_ptr, out_ptr, m_ptr, C, H, W, P, probe_stride, seed, sample_offset,
-                            step, r, var0, scale2, c_max, K: tl.constexpr, TW: tl.constexpr,
-                            CHANNEL_AVERAGE: tl.constexpr, HAS_CMAX: tl.constexpr):
+def _structured_step_kernel(d_ptr, x_ptr, jv_ptr, out_ptr, m_ptr, H, W, probe_stride, seed, sample_offset,
+                            step, r, var0, scale2, c_max, C: tl.constexpr, P: tl.constexpr, K: tl.constexpr,
+                            TW: tl.constexpr, CHANNEL_AVERAGE: tl.constexpr, HAS_CMAX: tl.constexpr):
+    # C and P are compile-time: loops over a few channels/probes unroll (and Triton 3.6's interpreter
+    # cannot iterate over a runtime scalar).
     strip = tl.program_id(0)
     blocks_per_col = H // K
     b = strip // blocks_per_col
@@ -84,17 +86,17 @@ def _structured_step_kernel(d_ptr, x_ptr, jv_ptr, out_ptr, m_ptr, C, H, W, P, pr
     plane = H * W
     if CHANNEL_AVERAGE:
         total = tl.zeros((K, TW), dtype=tl.float32)
-        for c in range(C):
+        for c in tl.static_range(C):
             base = (b * C + c).to(tl.int64) * plane
             total += _channel_estimate(jv_ptr, probe_stride, base, c * plane + offs, offs, mask, m, P, seed,
                                        sample, step, K, TW)
         std = _clamped_std(total / (C * P), var0, scale2, c_max, HAS_CMAX)
-        for c in range(C):
+        for c in tl.static_range(C):
             base = (b * C + c).to(tl.int64) * plane
             _emit_channel(d_ptr, x_ptr, out_ptr, base, c * plane + offs, offs, mask, mt, std, r, seed, sample,
                           step, K, TW)
     else:
-        for c in range(C):
+        for c in tl.static_range(C):
             base = (b * C + c).to(tl.int64) * plane
             est = _channel_estimate(jv_ptr, probe_stride, base, c * plane + offs, offs, mask, m, P, seed,
                                     sample, step, K, TW)
@@ -160,7 +162,7 @@ def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, 
         tw = _strip(w, k)
         m = dct_ref.dct_matrix(k, torch.float32, x.device)
         _structured_step_kernel[(b * (h // k), triton.cdiv(w, tw))](
-            dv, xv, jv, ov, m, c, h, w, jv.shape[0], x.numel(), int(seed), sample_offset, step,
+            dv, xv, jv, ov, m, h, w, x.numel(), int(seed), sample_offset, step,
             sigma_down / sigma_t, sigma_up ** 2, (sigma_t - sigma_down) ** 2, 0.0 if c_max is None else c_max,
-            K=k, TW=tw, CHANNEL_AVERAGE=bool(channel_average), HAS_CMAX=c_max is not None)
+            C=c, P=jv.shape[0], K=k, TW=tw, CHANNEL_AVERAGE=bool(channel_average), HAS_CMAX=c_max is not None)
     return out
