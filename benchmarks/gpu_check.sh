@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# GPU truth in one command, on a fresh GPU machine with the project tree and no network:
+#   bash benchmarks/gpu_check.sh [--phase all|tests|bench] [--out DIR]
+# installs covkernels from the tree (no dependencies fetched; a .whl/ folder of carried wheels, e.g.
+# diffusers and its needs, is installed first), runs the whole python_tests suite on the GPU (Triton
+# kernels compiled for real, bf16 included, the race checks), every microbenchmark, the JVP-cost and
+# step-cost benchmarks, and writes at most 8 files under DIR (default $OUT, else benchmarks/results/gpu):
+# info.json, tests.log, ops_cuda.json, ops_cuda.md, jvp_cost_cuda.md, step_cost_cuda.md, summary.md.
+# Phases fit the device tool's 10-minute call: `--phase tests` then `--phase bench` if needed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+phase=all
+out=${OUT:-benchmarks/results/gpu}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --phase) phase=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+rev=${COVKERNELS_GIT_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/covkernels-site .whl/*.whl
+  export PYTHONPATH=/tmp/covkernels-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > "$out/install.tmp" 2>&1 \
+  || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # offline fallback: run from the tree
+rm -f "$out/install.tmp"
+python3 -m covkernels info --json > "$out/info.json" 2>&1
+status_tests=skipped status_bench=skipped
+if [ "$phase" = all ] || [ "$phase" = tests ]; then
+  timeout 420 python3 -m pytest python_tests -q -p no:cacheprovider -ra > "$out/tests.log" 2>&1
+  status_tests=$?
+fi
+if [ "$phase" = all ] || [ "$phase" = bench ]; then
+  status_bench=0
+  timeout 240 python3 -m pytest benchmarks/bench_ops.py -q -p no:cacheprovider \
+    --benchmark-json="$out/ops_cuda.json" > /dev/null 2>&1 || status_bench=$?
+  python3 benchmarks/bench_ops.py --summarize "$out/ops_cuda.json" > "$out/ops_cuda.md" 2>&1 || status_bench=$?
+  (cd benchmarks && timeout 120 python3 jvp_cost.py --device cuda --batch 64 --name jvp_cost_cuda \
+     && timeout 120 python3 step_cost.py --device cuda --batch 64 --size 64 --name step_cost_cuda) \
+     > /dev/null 2>&1 || status_bench=$?
+  cp benchmarks/results/jvp_cost_cuda.md benchmarks/results/step_cost_cuda.md "$out/" 2>/dev/null || true
+fi
+{
+  echo "# GPU check"
+  echo
+  echo "git $rev; $(python3 -c 'import torch, triton; print(torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda, "| triton", triton.__version__)' 2>&1)"
+  echo
+  echo "- tests: exit status $status_tests ($(tail -n 1 "$out/tests.log" 2>/dev/null))"
+  echo "- benchmarks: exit status $status_bench"
+  echo
+  echo "Reproduce: \`bash benchmarks/gpu_check.sh --phase $phase\`"
+} > "$out/summary.md"
+cat "$out/summary.md"
