@@ -39,17 +39,15 @@ class Backend:
     lanczos_synthesis: Callable  # lanczos: m + ||xi|| Q g
 
 
-REFERENCE = Backend(
-    name="reference",
-    normal=rng_ref.philox_normal,
-    analysis=dct_ref.analysis,
-    synthesis=dct_ref.synthesis,
-    probe_tangent=noise_ref.probe_tangent,
-    structured_step=noise_ref.structured_step,
-    lanczos_update=lanczos_ref.lanczos_update,
-    krylov_sqrt_e1=lanczos_ref.krylov_sqrt_e1,
-    lanczos_synthesis=lanczos_ref.lanczos_synthesis,
-)
+def _from_modules(name: str, rng, dct, noise, lanczos) -> Backend:
+    """A backend from its per-op modules: every backend's modules expose the reference's function names."""
+    return Backend(name=name, normal=rng.philox_normal, analysis=dct.analysis, synthesis=dct.synthesis,
+                   probe_tangent=noise.probe_tangent, structured_step=noise.structured_step,
+                   lanczos_update=lanczos.lanczos_update, krylov_sqrt_e1=lanczos.krylov_sqrt_e1,
+                   lanczos_synthesis=lanczos.lanczos_synthesis)
+
+
+REFERENCE = _from_modules("reference", rng_ref, dct_ref, noise_ref, lanczos_ref)
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,17 +77,7 @@ def _triton_backend() -> Backend:
     from .noise import triton as noise_tr
     from .rng import triton as rng_tr
 
-    return Backend(
-        name="triton",
-        normal=rng_tr.philox_normal,
-        analysis=dct_tr.analysis,
-        synthesis=dct_tr.synthesis,
-        probe_tangent=noise_tr.probe_tangent,
-        structured_step=noise_tr.structured_step,
-        lanczos_update=lanczos_tr.lanczos_update,
-        krylov_sqrt_e1=lanczos_tr.krylov_sqrt_e1,
-        lanczos_synthesis=lanczos_tr.lanczos_synthesis,
-    )
+    return _from_modules("triton", rng_tr, dct_tr, noise_tr, lanczos_tr)
 
 
 def _device_ok(name: str, device: torch.device, explicit: bool = True) -> tuple[bool, str]:

@@ -25,12 +25,17 @@ CHUNK = 1024
 
 
 @triton.jit
-def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, NPART, rows: tl.constexpr, CHUNK: tl.constexpr):
+def _chunk(N, CHUNK: tl.constexpr):
+    """This program's sample index, element offsets and mask, and the sample's base offset."""
     b = tl.program_id(0)
+    offs = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    return b, offs, offs < N, b.to(tl.int64) * N
+
+
+@triton.jit
+def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, NPART, rows: tl.constexpr, CHUNK: tl.constexpr):
+    b, offs, mask, sample = _chunk(N, CHUNK)
     chunk = tl.program_id(1)
-    offs = chunk * CHUNK + tl.arange(0, CHUNK)
-    mask = offs < N
-    sample = b.to(tl.int64) * N
     aq = tl.load(aq_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     out = part_ptr + (b * NPART + chunk) * (rows + 1)
     tl.store(out + rows, tl.sum(aq * aq, axis=0))
@@ -42,11 +47,8 @@ def _dots_kernel(aq_ptr, basis_ptr, part_ptr, N, row_stride, first, NPART, rows:
 @triton.jit
 def _residual_kernel(aq_ptr, basis_ptr, coef_ptr, w_ptr, part_ptr, N, row_stride, first, NPART,
                      rows: tl.constexpr, CHUNK: tl.constexpr):
-    b = tl.program_id(0)
+    b, offs, mask, sample = _chunk(N, CHUNK)
     chunk = tl.program_id(1)
-    offs = chunk * CHUNK + tl.arange(0, CHUNK)
-    mask = offs < N
-    sample = b.to(tl.int64) * N
     w = tl.load(aq_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     for i in tl.static_range(rows):
         q = tl.load(basis_ptr + (first + i) * row_stride + sample + offs, mask=mask, other=0.0).to(tl.float32)
@@ -57,10 +59,8 @@ def _residual_kernel(aq_ptr, basis_ptr, coef_ptr, w_ptr, part_ptr, N, row_stride
 
 @triton.jit
 def _scale_kernel(w_ptr, scale_ptr, N, CHUNK: tl.constexpr):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
-    mask = offs < N
-    ptr = w_ptr + b.to(tl.int64) * N + offs
+    b, offs, mask, sample = _chunk(N, CHUNK)
+    ptr = w_ptr + sample + offs
     w = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     tl.store(ptr, (w * tl.load(scale_ptr + b)).to(w_ptr.dtype.element_ty), mask=mask)
 
@@ -68,10 +68,7 @@ def _scale_kernel(w_ptr, scale_ptr, N, CHUNK: tl.constexpr):
 @triton.jit
 def _synthesis_kernel(d_ptr, x_ptr, basis_ptr, coef_ptr, out_ptr, N, row_stride, r, rows: tl.constexpr,
                       CHUNK: tl.constexpr):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
-    mask = offs < N
-    sample = b.to(tl.int64) * N
+    b, offs, mask, sample = _chunk(N, CHUNK)
     d = tl.load(d_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     xt = tl.load(x_ptr + sample + offs, mask=mask, other=0.0).to(tl.float32)
     acc = d + r * (xt - d)

@@ -124,21 +124,25 @@ def _strip(w: int, k: int) -> int:
     return min(1024, triton.next_power_of_2(w)) if k == 1 else _strip_width(w, k)
 
 
+def _geometry(view: torch.Tensor, basis: str, block: int):
+    """``(B, C, H, W, K, strip width, K x K DCT matrix)`` of a launch, the block checked."""
+    k = _block_of(basis, block)
+    if basis == "convdct":
+        dct_ref.check_block(view.shape, k)
+    b, c, h, w = view.shape
+    return b, c, h, w, k, _strip(w, k), dct_ref.dct_matrix(k, torch.float32, view.device)
+
+
 def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int = 0, basis: str, block: int = 8,
                   dtype=torch.float32, device=None) -> torch.Tensor:
     """Triton twin of :func:`covkernels.ops.noise.reference.probe_tangent`."""
     if basis == "dct" or dtype == torch.float64:  # dense transform / float64: the reference path
         return ref.probe_tangent(seed, shape, sample_offset=sample_offset, step=step, index=index, basis=basis,
                                  block=block, dtype=dtype, device=device)
-    k = _block_of(basis, block)
     out = alloc(shape, dtype, device)
     view = _as_nchw(out, basis)
-    b, c, h, w = view.shape
-    if basis == "convdct":
-        dct_ref.check_block(view.shape, k)
+    b, c, h, w, k, tw, m = _geometry(view, basis, block)
     if view.numel():
-        tw = _strip(w, k)
-        m = dct_ref.dct_matrix(k, torch.float32, view.device)
         _probe_tangent_kernel[(b * c * (h // k), triton.cdiv(w, tw))](view, m, c, h, w, int(seed), sample_offset,
                                                                       step, STREAM_PROBE + index, K=k, TW=tw)
     return out
@@ -151,16 +155,11 @@ def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, 
         return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
                                    sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
                                    block=block, channel_average=channel_average, c_max=c_max)
-    k = _block_of(basis, block)
     d, x, jv = (contiguous(t) for t in (denoised, x_t, jvps))
     out = alloc(x_t.shape, x_t.dtype, x_t.device) if out is None else out
     dv, xv, ov = _as_nchw(d, basis), _as_nchw(x, basis), _as_nchw(out, basis)
-    b, c, h, w = xv.shape
-    if basis == "convdct":
-        dct_ref.check_block(xv.shape, k)
+    b, c, h, w, k, tw, m = _geometry(xv, basis, block)
     if xv.numel():
-        tw = _strip(w, k)
-        m = dct_ref.dct_matrix(k, torch.float32, x.device)
         _structured_step_kernel[(b * (h // k), triton.cdiv(w, tw))](
             dv, xv, jv, ov, m, h, w, x.numel(), int(seed), sample_offset, step,
             sigma_down / sigma_t, sigma_up ** 2, (sigma_t - sigma_down) ** 2, 0.0 if c_max is None else c_max,
