@@ -56,7 +56,8 @@ def cmd_sample(args) -> int:
     os.makedirs(out_dir, exist_ok=True)
     save_grid(samples[:args.num], args.out, scale=args.scale)
     nfe = nfe_per_sample(args.sampler, sigmas, **{k: v for k, v in opts.items() if k in ("lanczos_steps", "probes")})
-    line = f"{args.sampler} on {args.model}: {args.steps} steps, {nfe} NFE/sample, {elapsed:.2f} s"
+    line = (f"{args.sampler} on {args.model}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
+            f"{elapsed:.2f} s")
     if args.num_eval >= 2:
         ref_gen = torch.Generator().manual_seed(args.seed + 1)
         exact = model.cpu().sample(args.num_eval, generator=ref_gen)
@@ -142,16 +143,19 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covkernels", description="covariance-aware diffusion samplers")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument("--version", action="version", version=f"covkernels {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sample", help="sample an analytic model, write a PNG grid, print a quality figure")
+    s = sub.add_parser("sample", help="sample an analytic model, write a PNG grid, print a quality figure",
+                       formatter_class=fmt)
     s.add_argument("--model", default="gmm", choices=["gmm", "gaussian"])
     s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS)
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
     s.add_argument("--out", default="grid.png", help="PNG file for the grid of the first --num samples")
     s.add_argument("--num", type=int, default=64, help="samples shown in the grid")
-    s.add_argument("--num-eval", type=int, default=1024, help="samples for the Frechet distance (0: skip)")
+    s.add_argument("--num-eval", type=int, default=1024,
+                   help="samples for the Frechet distance (most of the run time; 0 skips it)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
@@ -162,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--basis", default="convdct", choices=["identity", "dct", "convdct"], help="cov_ddim basis")
     s.add_argument("--block", type=int, default=8, help="cov_ddim convdct block size")
     s.add_argument("--lanczos-steps", type=int, default=3)
-    s.add_argument("--jvp", default="auto")
-    s.add_argument("--backend", default="auto")
+    s.add_argument("--jvp", default="auto", choices=["auto", "forward_ad", "double_vjp", "finite_difference",
+                                                     "central_difference"], help="JVP strategy")
+    s.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp", "cuda"],
+                   help="fused-op backend")
     s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
@@ -177,14 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "sample":
         for name in ("num", "batch_size", "steps"):
             if getattr(args, name) < 1:
-                raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+                parser.error(f"--{name.replace('_', '-')} must be >= 1")
         if args.num_eval < 0:
-            raise SystemExit("--num-eval must be >= 0")
-    return args.func(args)
+            parser.error("--num-eval must be >= 0")
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: this torch has no usable CUDA device; use --device cpu")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, RuntimeError) as exc:  # bad option values: one line, not a traceback
+        parser.exit(2, f"covkernels: error: {exc}\n")
+    except BrokenPipeError:  # `covkernels info --json | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -108,3 +108,15 @@ def test_linear_beta_lengths_for_every_step_count(spacing):
         s = ck.linear_beta_sigmas(n, spacing=spacing)
         assert s.shape == (n + 1,), n
         assert bool((s[1:] < s[:-1]).all()), n
+
+
+def test_cli_reports_bad_options_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--block", "5", "--num", "2", "--num-eval", "0", "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("covkernels: error: block=5 does not tile x of spatial size 32x32: H and W must be "
+                           "multiples of the block (pad or crop the image, or choose another block)")
+    with pytest.raises(SystemExit):
+        main(["sample", "--device", "banana"])
+    assert "--device 'banana' is not a torch device" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Adapters: diffusers UNets as sigma-space denoisers (equal to diffusers' own DDIM loop), k-diffusion table."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import covkernels as ck
+from conftest import gen
+from covkernels.adapters import k_diffusion as kd
+
+diffusers = pytest.importorskip("diffusers")
+from covkernels.adapters.diffusers import DiffusersDenoiser, scheduler_sigmas  # noqa: E402
+
+
+def tiny_unet(num_classes=None):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                 attention_head_dim=8, num_class_embeds=num_classes).eval().double()
+
+
+@pytest.mark.parametrize("float64_schedule", [True, False], ids=["exact", "float32_alphas"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, float64_schedule):
+    """Same UNet, noise and timesteps: our sigma-space DDIM equals diffusers' DDIMScheduler loop. With the
+    scheduler's alphas in float64 the two agree to rounding (the formulas are the same); with diffusers'
+    default float32 alphas, to the float32 rounding of its coefficients."""
+    unet = tiny_unet()
+    sched = diffusers.DDIMScheduler(prediction_type=prediction_type, clip_sample=False)
+    if float64_schedule:
+        sched.alphas_cumprod = sched.alphas_cumprod.double()
+        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    n = 6
+    noise = torch.randn(2, 3, 16, 16, generator=gen(0), dtype=torch.float64)
+    sched.set_timesteps(n)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    sigmas = scheduler_sigmas(sched, n, dtype=torch.float64)
+    model = DiffusersDenoiser(unet, sched)
+    ours = ck.sample_ddim(model, noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, disable=True)
+    tol = 1e-10 if float64_schedule else 2e-5
+    torch.testing.assert_close(ours, x, rtol=tol, atol=tol)
+
+
+def test_sigma_to_timestep_mapping():
+    sched = diffusers.DDIMScheduler()
+    model = DiffusersDenoiser(torch.nn.Identity(), sched)
+    sig = torch.tensor([float(s) for s in scheduler_sigmas(sched, 10)[:-1]], dtype=torch.float64)
+    assert model.sigma_to_t(sig).tolist() == sched.timesteps.tolist()
+    interp = DiffusersDenoiser(torch.nn.Identity(), sched, timesteps="interpolate")
+    torch.testing.assert_close(interp.sigma_to_t(sig), sched.timesteps.float(), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["cov_ddim", "lanczos"])
+@pytest.mark.parametrize("guided", [False, True])
+def test_covariance_samplers_through_the_diffusers_adapter(sampler, guided):
+    unet = tiny_unet(num_classes=3).float()
+    model = DiffusersDenoiser(unet, diffusers.DDIMScheduler(clip_sample=False))
+    sched = diffusers.DDIMScheduler()
+    sigmas = scheduler_sigmas(sched, 4)
+    x = torch.randn(2, 3, 16, 16, generator=gen(1)) * (1 + sigmas[0] ** 2).sqrt()
+    options = {"guidance": ck.Guidance(2.0, uncond_args={"class_labels": torch.tensor([2, 2])})} if guided else {}
+    out = ck.get_sampler(sampler)(model, x, sigmas, extra_args={"class_labels": torch.tensor([0, 1])},
+                                  disable=True, generator=gen(2), **options)
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
+
+
+def test_k_diffusion_table_runs_every_name_like_a_direct_call():
+    from covkernels.models import get_model
+
+    model = get_model("gaussian", size=8)
+    x = torch.randn(2, 3, 8, 8, generator=gen(3)) * 10
+    sigmas = ck.karras_sigmas(3, 0.05, 10.0)
+    for name, fn in kd.SAMPLERS.items():
+        a = kd.get_sampler(f"sample_{name}")(model, x, sigmas, disable=True, generator=gen(4))
+        b = fn(model, x, sigmas, disable=True, generator=gen(4))
+        assert torch.equal(a, b), name
+    assert kd.get_sampler("euler") is ck.sample_ddim and kd.get_sampler("euler_ancestral") is ck.sample_ddpm
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        kd.get_sampler("lms")
