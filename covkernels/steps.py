@@ -159,8 +159,9 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
     for p in range(probes):
         v = ctx.ops.probe_tangent(ctx.seed, x.shape, sample_offset=ctx.sample_offset, step=step, index=p,
                                   basis=basis, block=block, dtype=x.dtype, device=x.device)
-        mean_p, jv = ctx.jvp(x, sigma_t, v, step, fresh=p == 0)
-        denoised = mean_p if p == 0 else denoised
+        mean, jv = ctx.jvp(x, sigma_t, v, step, fresh=p == 0)  # later probes reuse the first one's primal
+        if p == 0:
+            denoised = mean
         jvps.append(jv)
     x_s = ctx.ops.structured_step(denoised, x, torch.stack(jvps), ctx.seed, sample_offset=ctx.sample_offset,
                                   step=step, sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up,
@@ -171,8 +172,8 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
 def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
                  lanczos_steps: int, reorthogonalize: bool, c_max: float | None):
     """LGS: k Lanczos iterations of J started at the step's Gaussian noise xi, then
-    ``x_s = m + ||xi|| Q_k sqrt(T_S) e_1`` with ``T_S`` built from the symmetric part of ``Q^T J Q``. Stops early when every sample's Krylov space is invariant.
-    Returns ``(x_s, denoised)``."""
+    ``x_s = m + ||xi|| Q_k sqrt(T_S) e_1`` with ``T_S`` built from the symmetric part of ``Q^T J Q``.
+    Stops early when every sample's Krylov space is invariant. Returns ``(x_s, denoised)``."""
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
     wd = work_dtype(x.dtype)
     xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
