@@ -25,6 +25,9 @@ from ..rng.reference import STREAM_NOISE, STREAM_PROBE
 from ..rng.triton import normal, rademacher
 from . import reference as ref
 
+_STREAM_NOISE: tl.constexpr = STREAM_NOISE  # the reference's stream ids, usable inside the kernels
+_STREAM_PROBE: tl.constexpr = STREAM_PROBE
+
 
 @triton.jit
 def _probe_tangent_kernel(out_ptr, m_ptr, C, H, W, seed, sample_offset, step, stream,
@@ -46,7 +49,7 @@ def _channel_estimate(jv_ptr, probe_stride, base, elem, offs, mask, m, P: tl.con
     acc = tl.zeros((K, TW), dtype=tl.float32)
     for p in tl.static_range(P):
         jv = tl.load(jv_ptr + p * probe_stride + base + offs, mask=mask, other=0.0).to(tl.float32)
-        z = rademacher(seed, elem, sample, step, 16 + p)  # STREAM_PROBE + p
+        z = rademacher(seed, elem, sample, step, _STREAM_PROBE + p)
         acc += z * block_transform(jv, m, K, TW)
     return acc
 
@@ -55,7 +58,7 @@ def _channel_estimate(jv_ptr, probe_stride, base, elem, offs, mask, m, P: tl.con
 def _emit_channel(d_ptr, x_ptr, out_ptr, base, elem, offs, mask, mt, std, r, seed, sample, step,
                   K: tl.constexpr, TW: tl.constexpr):
     """``x_s = D + r (x_t - D) + F^T(std * xi)`` for one channel's strip."""
-    xi = normal(seed, elem, sample, step, 1)  # STREAM_NOISE
+    xi = normal(seed, elem, sample, step, _STREAM_NOISE)
     noise = block_transform(std * xi, mt, K, TW)
     d = tl.load(d_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     xt = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
