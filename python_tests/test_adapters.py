@@ -81,3 +81,74 @@ def test_k_diffusion_table_runs_every_name_like_a_direct_call():
     assert kd.get_sampler("euler") is ck.sample_ddim and kd.get_sampler("euler_ancestral") is ck.sample_ddpm
     with pytest.raises(ValueError, match="sampler must be one of"):
         kd.get_sampler("lms")
+
+
+@pytest.mark.parametrize("steps", [8, 16])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(prediction_type, steps):
+    """Same UNet, noise and timesteps: our dpmpp_2m equals DPMSolverMultistepScheduler (dpmsolver++, 2nd
+    order, midpoint) to the float32 rounding of the scheduler's own sigma table."""
+    unet = tiny_unet()
+    sched = diffusers.DPMSolverMultistepScheduler(prediction_type=prediction_type)
+    noise = torch.randn(2, 3, 16, 16, generator=gen(0), dtype=torch.float64)
+    sched.set_timesteps(steps)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x).prev_sample
+    sigmas = scheduler_sigmas(sched, steps, dtype=torch.float64)
+    ours = ck.sample_dpmpp_2m(DiffusersDenoiser(unet, sched), noise * (1 + sigmas[0] ** 2).sqrt(), sigmas,
+                              disable=True)
+    scale = float(x.abs().max())
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_one_call_pipeline_helper():
+    unet = tiny_unet(num_classes=3).float()
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False))
+    from covkernels.adapters.diffusers import sample
+
+    images = sample(pipe, num_inference_steps=4, batch_size=2, generator=gen(0), disable=True,
+                    extra_args={"class_labels": torch.tensor([0, 1])}, guidance_scale=2.0,
+                    uncond_args={"class_labels": torch.tensor([2, 2])})
+    assert images.shape == (2, 3, 16, 16) and float(images.min()) >= 0 and float(images.max()) <= 1
+    again = sample(pipe, sampler="ddim", num_inference_steps=4, batch_size=2, generator=gen(0), disable=True,
+                   extra_args={"class_labels": torch.tensor([0, 1])}, guidance_scale=2.0,
+                   uncond_args={"class_labels": torch.tensor([2, 2])})
+    assert again.shape == images.shape
+
+
+def test_latent_pipelines_warn_once_for_cov_ddim():
+    from covkernels.adapters.diffusers import LatentDiffusionWarning, sample
+
+    class FakeVAE:
+        config = type("C", (), {"scaling_factor": 0.5})()
+
+        def decode(self, z):
+            return type("D", (), {"sample": z[:, :3]})()
+
+    unet = tiny_unet().float()
+    pipe = type("LatentPipe", (), {"unet": unet, "scheduler": diffusers.DDIMScheduler(clip_sample=False),
+                                   "vae": FakeVAE()})()
+    with pytest.warns(LatentDiffusionWarning, match="reported to hurt latent models"):
+        sample(pipe, num_inference_steps=2, generator=gen(0), disable=True)
+
+
+def test_text_conditioned_unet_with_guidance():
+    """UNet2DConditionModel: text embeddings through extra_args, the empty prompt's as uncond_args."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=4, norm_num_groups=8).eval()
+    model = DiffusersDenoiser(unet, diffusers.DDIMScheduler(clip_sample=False))
+    sigmas = scheduler_sigmas(diffusers.DDIMScheduler(), 3)
+    text, empty = torch.randn(2, 5, 8, generator=gen(1)), torch.zeros(2, 5, 8)
+    x = torch.randn(2, 3, 8, 8, generator=gen(2)) * (1 + sigmas[0] ** 2).sqrt()
+    for sampler in ("cov_ddim", "lanczos"):
+        guidance = ck.Guidance(5.0, uncond_args={"encoder_hidden_states": empty})
+        options = {"block": 4} if sampler == "cov_ddim" else {}
+        out = ck.get_sampler(sampler)(model, x, sigmas, extra_args={"encoder_hidden_states": text}, disable=True,
+                                      generator=gen(3), guidance=guidance, **options)
+        assert out.shape == x.shape and bool(torch.isfinite(out).all())
