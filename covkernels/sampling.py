@@ -289,8 +289,7 @@ def sample(model, shape, sampler: str = "cov_ddim", steps: int = 8, sigma_min: f
     shape = tuple(shape)
     if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"shape must be (B, ...) of positive ints, got {shape}")
-    if isinstance(sample_offset, bool) or not isinstance(sample_offset, int) or sample_offset < 0:
-        raise ValueError(f"sample_offset must be a non-negative int, got {sample_offset!r}")
+    step_lib.check_sample_offset(sample_offset)
     seed = draw_seed(generator)
     x = philox_normal(seed, shape, sample_offset=sample_offset, step=0, stream=STREAM_INIT, dtype=dtype,
                       device=device) * sigmas[0].to(dtype)

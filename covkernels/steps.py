@@ -66,6 +66,12 @@ def check_basis(basis, block, x: torch.Tensor) -> None:
         check_block(x.shape, block)
 
 
+def check_sample_offset(sample_offset) -> int:
+    if isinstance(sample_offset, bool) or not isinstance(sample_offset, int) or sample_offset < 0:
+        raise ValueError(f"sample_offset must be a non-negative int, got {sample_offset!r}")
+    return sample_offset
+
+
 def check_count(value, name: str, upper: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
         raise ValueError(f"{name} must be an int in [1, {upper}], got {value!r}")
@@ -81,8 +87,7 @@ class StepContext:
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
         if jvp not in jvp_engine.STRATEGIES:
             raise ValueError(f"jvp must be one of {jvp_engine.STRATEGIES}, got {jvp!r}")
-        if isinstance(sample_offset, bool) or not isinstance(sample_offset, int) or sample_offset < 0:
-            raise ValueError(f"sample_offset must be a non-negative int, got {sample_offset!r}")
+        check_sample_offset(sample_offset)
         if extra_args is not None and not isinstance(extra_args, dict):
             raise TypeError(f"extra_args must be a dict or None, got {type(extra_args).__name__}")
         self.model, self.extra = model, ({} if extra_args is None else extra_args)

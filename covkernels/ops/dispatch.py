@@ -93,8 +93,9 @@ def _device_ok(name: str, device: torch.device, explicit: bool = True) -> tuple[
     return True, ""
 
 
-def explain(backend: str, device: torch.device | str) -> tuple[Backend, list[str]]:
-    """Resolve ``backend`` for tensors on ``device``; also return one line per backend skipped and why."""
+def resolve(backend: str, device: torch.device | str) -> Backend:
+    """The :class:`Backend` that ``backend`` ("auto" or a name) means for tensors on ``device``; an explicit
+    backend that cannot run raises with the reason (``backend_status`` reports them all)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     device = torch.device(device)
@@ -103,17 +104,9 @@ def explain(backend: str, device: torch.device | str) -> tuple[Backend, list[str
         ok, why = _device_ok(backend, device)
         if impl is None or not ok:
             raise RuntimeError(f"backend={backend!r} cannot run: {reason if impl is None else why}")
-        return impl, []
-    skipped = []
+        return impl
     for name in ("cuda", "triton", "cpp", "reference"):
-        impl, reason = _probe(name)
-        ok, why = _device_ok(name, device, explicit=False)
-        if impl is not None and ok:
-            return impl, skipped
-        skipped.append(f"{name}: {reason if impl is None else why}")
+        impl, _ = _probe(name)
+        if impl is not None and _device_ok(name, device, explicit=False)[0]:
+            return impl
     raise AssertionError("unreachable: the reference backend is always available")
-
-
-def resolve(backend: str, device: torch.device | str) -> Backend:
-    """The :class:`Backend` that ``backend`` ("auto" or a name) means for tensors on ``device``."""
-    return explain(backend, device)[0]
