@@ -11,6 +11,7 @@ import time
 import torch
 
 from . import __version__
+from .evaluation import EVAL_MODELS, NFES, VARIANTS
 from .sampling import SAMPLERS, nfe_per_sample, sample
 from .schedules import SCHEDULES, get_sigmas
 
@@ -27,6 +28,8 @@ def _sampler_options(args) -> dict:
         opts["lanczos_steps"] = args.lanczos_steps
     if args.sampler in ("cov_ddim", "diag_hutchinson", "lanczos"):
         opts.update(jvp=args.jvp, backend=args.backend)
+        if args.cov_sigma_max is not None:
+            opts["cov_sigma_max"] = args.cov_sigma_max
     return opts
 
 
@@ -55,10 +58,17 @@ def cmd_sample(args) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     save_grid(samples[:args.num], args.out, scale=args.scale)
-    nfe = nfe_per_sample(args.sampler, sigmas, **{k: v for k, v in opts.items() if k in ("lanczos_steps", "probes")})
+    nfe = nfe_per_sample(args.sampler, sigmas, **{k: v for k, v in opts.items()
+                                                  if k in ("lanczos_steps", "probes", "cov_sigma_max")})
     line = (f"{args.sampler} on {args.model}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
             f"{elapsed:.2f} s")
-    if args.num_eval >= 2:
+    if args.num_eval >= 4 and args.model == "digits":
+        from .evaluation import Scorer
+
+        m = Scorer("digits", model.cpu(), args.num_eval, args.seed)(samples[:args.num_eval])
+        line += (f" | vs the real digits in classifier features (N={args.num_eval}): Frechet distance "
+                 f"{m['fd_features']:.3f}, precision {m['precision']:.3f}, recall {m['recall']:.3f}")
+    elif args.num_eval >= 2 and args.model != "digits":
         ref_gen = torch.Generator().manual_seed(args.seed + 1)
         exact = model.cpu().sample(args.num_eval, generator=ref_gen)
         exact2 = model.sample(args.num_eval, generator=ref_gen)
@@ -71,6 +81,18 @@ def cmd_sample(args) -> int:
                  f"(floor {frechet_distance(coarse[2], coarse[1]):.4f})")
     print(line)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate
+
+    options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
+    command = "covkernels " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    evaluate(args.model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
+             batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+             schedule=args.schedule, jvp=args.jvp, device=torch.device(args.device), out_dir=args.out,
+             resume=not args.no_resume, options=options, progress=None if args.quiet else print, command=command)
     return 0
 
 
@@ -149,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample an analytic model, write a PNG grid, print a quality figure",
                        formatter_class=fmt)
-    s.add_argument("--model", default="gmm", choices=["gmm", "gaussian"])
+    s.add_argument("--model", default="gmm", choices=["gmm", "gaussian", "digits"])
     s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS)
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
     s.add_argument("--out", default="grid.png", help="PNG file for the grid of the first --num samples")
@@ -166,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--basis", default="convdct", choices=["identity", "dct", "convdct"], help="cov_ddim basis")
     s.add_argument("--block", type=int, default=8, help="cov_ddim convdct block size")
     s.add_argument("--lanczos-steps", type=int, default=3)
+    s.add_argument("--cov-sigma-max", type=float, default=None,
+                   help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
     s.add_argument("--jvp", default="auto", choices=["auto", "forward_ad", "double_vjp", "finite_difference",
                                                      "central_difference"], help="JVP strategy")
     s.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp", "cuda"],
@@ -173,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="quality grid: samplers x NFE budgets, tables + plot under --out",
+                       formatter_class=fmt)
+    e.add_argument("--model", default="gmm", choices=list(EVAL_MODELS))
+    e.add_argument("--samplers", nargs="+", default=None, choices=list(VARIANTS), metavar="LABEL",
+                   help=f"grid rows (default: all of {', '.join(VARIANTS)})")
+    e.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="NFE budgets")
+    e.add_argument("--num-samples", type=int, default=1024, help="samples per cell")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--schedule", default="karras", choices=SCHEDULES)
+    e.add_argument("--sigma-min", type=float, default=0.1)
+    e.add_argument("--sigma-max", type=float, default=80.0)
+    e.add_argument("--cov-sigma-max", type=float, default=None,
+                   help="covariance samplers: plain steps above this sigma (sampler default if unset)")
+    e.add_argument("--jvp", default="finite_difference", choices=["auto", "forward_ad", "double_vjp",
+                                                                  "finite_difference", "central_difference"])
+    e.add_argument("--out", default="eval_results", help="directory for quality_<model>.{json,csv,md,png}")
+    e.add_argument("--no-resume", action="store_true", help="start over instead of reusing finished cells")
+    e.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="versions, devices, available backends and why the others are not")
     i.add_argument("--json", action="store_true")
@@ -185,11 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "sample":
-        for name in ("num", "batch_size", "steps"):
+    if args.command in ("sample", "eval"):
+        for name in ("num", "num_samples", "batch_size", "steps"):
+            if not hasattr(args, name):
+                continue
             if getattr(args, name) < 1:
                 parser.error(f"--{name.replace('_', '-')} must be >= 1")
-        if args.num_eval < 0:
+        if getattr(args, "num_eval", 0) < 0:
             parser.error("--num-eval must be >= 0")
         try:
             device = torch.device(args.device)

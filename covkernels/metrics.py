@@ -23,3 +23,40 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     cross = torch.linalg.svdvals(a @ b.T).sum()
     fd = (mu_a - mu_b).square().sum() + a.square().sum() + b.square().sum() - 2.0 * cross
     return float(fd.clamp_min(0.0))
+
+
+def gaussian_w2(samples: torch.Tensor, mean: torch.Tensor, sqrt_cov) -> float:
+    """Squared 2-Wasserstein distance between the Gaussian fit of ``samples (N, ...)`` and the exact
+    ``N(mean, C)``, with ``sqrt_cov(v)`` applying ``C^1/2`` to a batch ``(M, ...)`` (e.g. a spectral model's).
+
+    ``|mu - m|^2 + tr C + tr S - 2 tr (C^1/2 S C^1/2)^1/2``; with ``S = A A^T`` the last trace is the
+    nuclear norm of ``C^1/2 A``, so only ``N`` products with ``C^1/2`` are needed.
+    """
+    if samples.dim() < 2 or samples.shape[0] < 2 or tuple(samples.shape[1:]) != tuple(mean.shape):
+        raise ValueError(f"samples must be (N >= 2, {tuple(mean.shape)}), got {tuple(samples.shape)}")
+    x = samples.detach().to("cpu", torch.float64)
+    mu = x.mean(0)
+    a = (x - mu) / (x.shape[0] - 1) ** 0.5
+    root_a = sqrt_cov(a).to("cpu", torch.float64).flatten(1)
+    eye = torch.eye(mean.numel(), dtype=torch.float64).view(-1, *mean.shape)
+    trace_c = float(sqrt_cov(eye).to("cpu", torch.float64).square().sum())
+    w2 = (mu - mean.to("cpu", torch.float64)).square().sum() + trace_c + a.square().sum() \
+        - 2.0 * torch.linalg.svdvals(root_a).sum()
+    return float(w2.clamp_min(0.0))
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Coverage-style precision and recall of feature sets ``(N, F)``, ``(M, F)`` with k-NN balls
+    (Kynkaanniemi et al., 2019): precision = share of ``fake`` inside some real point's ball (radius: its
+    distance to its k-th nearest real neighbour); recall = the same with the roles swapped."""
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real and fake must be (N, F) feature sets, got {tuple(real.shape)}, {tuple(fake.shape)}")
+    if min(real.shape[0], fake.shape[0]) <= k:
+        raise ValueError(f"need more than k={k} points in each set")
+    r, f = real.detach().double(), fake.detach().double()
+
+    def share_inside(support, query):
+        radius = torch.cdist(support, support).kthvalue(k + 1, dim=1).values  # +1: the point itself
+        return float((torch.cdist(query, support) <= radius.unsqueeze(0)).any(1).double().mean())
+
+    return share_inside(r, f), share_inside(f, r)

@@ -23,6 +23,12 @@ from .ops.rng.reference import STREAM_CHURN, STREAM_INIT, philox_normal
 from .schedules import get_sigmas
 from .steps import StepContext, draw_seed
 
+# Steps with sigma above this are plain DDIM/ancestral steps (1 NFE) in the covariance-aware samplers: on
+# multimodal data a Gaussian (let alone diagonal) posterior at high noise puts samples between the modes, and
+# the evaluation (benchmarks/results/quality_*.md) shows the JVPs are better spent on more steps there.
+# In units of sigma for data in [-1, 1] (sigma_data ~ 0.5); float("inf") puts the covariance on every step.
+COV_SIGMA_MAX = 1.0
+
 SAMPLERS = ("ddim", "ddpm", "heun", "dpmpp_2m", "addim", "diag_hutchinson", "cov_ddim", "lanczos")
 
 
@@ -166,14 +172,24 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
-def _covariance_loop(ctx, x, sigmas, callback, disable, step_fn):
-    """Shared loop of the covariance-aware samplers: ``step_fn(ctx, x, i, sigma_t, sigma_s)`` on every
-    step but a final one to sigma = 0, which returns the denoised mean (1 NFE, no JVP)."""
+def check_cov_sigma_max(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isnan(value):
+        raise ValueError(f"cov_sigma_max must be a positive number (float('inf'): every step), got {value!r}")
+    return float(value)
+
+
+def _covariance_loop(ctx, x, sigmas, callback, disable, step_fn, eta=0.0, cov_sigma_max=float("inf")):
+    """Shared loop of the covariance-aware samplers: ``step_fn(ctx, x, i, sigma_t, sigma_s)`` on the steps
+    with ``sigma_t <= cov_sigma_max``; a plain ancestral step (DDIM mean + ``sigma_up`` isotropic noise,
+    1 NFE) above it; the final step to sigma = 0 returns the denoised mean (1 NFE, no JVP)."""
     s = sigmas.detach().to("cpu", torch.float64).tolist()
     for i in trange(len(s) - 1, disable=disable):
         if s[i + 1] == 0:
             denoised = ctx.denoise(x, sigmas[i], i)
             x_next = denoised
+        elif s[i] > cov_sigma_max:
+            denoised = ctx.denoise(x, sigmas[i], i)
+            x_next = step_lib.plain_step(ctx, x, denoised, i, s[i], s[i + 1], eta)
         else:
             x_next, denoised = step_fn(ctx, x, i, s[i], s[i + 1])
         if callback is not None:
@@ -198,10 +214,10 @@ def sample_addim(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 @torch.no_grad()
 def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
-                    block=8, c_max=1.0, channel_average=True, guidance=None, jvp="auto", backend="auto",
-                    generator=None, sample_offset=0, check_finite=True):
+                    block=8, c_max=1.0, channel_average=True, cov_sigma_max=COV_SIGMA_MAX, guidance=None,
+                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
     """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step.
-    2 NFE per step, 1 on the last."""
+    2 NFE per step with ``sigma <= cov_sigma_max``, 1 on the others and on the last (see COV_SIGMA_MAX)."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     step_lib.check_basis(basis, block, x)
@@ -211,59 +227,78 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
         raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}; "
                          f"pass channel_average=False for other data")
     c_max = step_lib.check_c_max(c_max, allow_none=True)
+    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
-        c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max))
+        c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max),
+        eta, cov_sigma_max)
 
 
 @torch.no_grad()
 def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, probes=1,
-                           c_max=1.0, guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0,
+                           c_max=1.0, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0,
                            check_finite=True):
     """Pixel-diagonal covariance from ``probes`` Hutchinson JVPs (training-free OCM-DDPM diagonal), no
-    channel averaging. ``1 + probes`` NFE per step, 1 on the last."""
+    channel averaging. ``1 + probes`` NFE per step with ``sigma <= cov_sigma_max``, 1 on the others."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     probes = step_lib.check_count(probes, "probes", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
+    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
-        c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes))
+        c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes),
+        eta, cov_sigma_max)
 
 
 @torch.no_grad()
 def sample_lanczos(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, lanczos_steps=3,
-                   reorthogonalize=True, c_max=None, guidance=None, jvp="auto", backend="auto", generator=None,
+                   reorthogonalize=True, c_max=None, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto", generator=None,
                    sample_offset=0, check_finite=True):
     """Lanczos Gaussian Sampler: full posterior covariance through ``lanczos_steps`` Lanczos iterations of
-    JVPs started from the step noise. ``1 + lanczos_steps`` NFE per step, 1 on the last."""
+    JVPs started from the step noise. ``1 + lanczos_steps`` NFE per step with ``sigma <= cov_sigma_max``,
+    1 on the others and on the last."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
+    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.lanczos_step(
-        c, xx, i, st, ss, eta=eta, lanczos_steps=k, reorthogonalize=bool(reorthogonalize), c_max=c_max))
+        c, xx, i, st, ss, eta=eta, lanczos_steps=k, reorthogonalize=bool(reorthogonalize), c_max=c_max),
+        eta, cov_sigma_max)
 
 
-def nfe_per_sample(sampler: str, sigmas, *, lanczos_steps: int = 3, probes: int = 1, guided: bool = False) -> int:
+def nfe_per_sample(sampler: str, sigmas, *, lanczos_steps: int = 3, probes: int = 1, guided: bool = False,
+                   cov_sigma_max: float | None = None) -> int:
     """Model evaluations per sample of a run (a JVP counts as one, its primal as another, as in the papers).
 
-    ``sigmas``: the schedule (or an int number of steps of a schedule ending in 0). Lanczos is counted at
-    its maximum; an early stop on an invariant Krylov space saves JVPs.
+    ``sigmas``: the schedule (or an int number of steps of a schedule ending in 0, then every step but the
+    last is counted as a covariance step). ``cov_sigma_max``: the covariance samplers' option (None: their
+    default); steps above it cost 1. Lanczos is counted at its maximum; an early stop on an invariant
+    Krylov space saves JVPs.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    window = check_cov_sigma_max(COV_SIGMA_MAX if cov_sigma_max is None else cov_sigma_max)
     if isinstance(sigmas, int):
-        n, to_zero = sigmas, True
+        if sigmas < 1:
+            raise ValueError(f"sigmas as a number of steps must be >= 1, got {sigmas}")
+        s = [float("inf")] * sigmas + [0.0]
     else:
-        s = torch.as_tensor(sigmas).flatten()
-        n, to_zero = s.numel() - 1, bool(s[-1] == 0)
+        s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten().tolist()
     extra = 1 if guided else 0  # guidance adds the unconditional forward to every step
-    last = 1 + extra if to_zero else 0  # the final step to sigma = 0 is one plain (guided) evaluation
     per_step = {"ddim": 1, "ddpm": 1, "dpmpp_2m": 1, "addim": 1, "heun": 2, "cov_ddim": 2,
-                "diag_hutchinson": 1 + probes, "lanczos": 1 + lanczos_steps}[sampler] + extra
-    return per_step * (n - (1 if to_zero else 0)) + last
+                "diag_hutchinson": 1 + probes, "lanczos": 1 + lanczos_steps}[sampler]
+    covariance = sampler in ("cov_ddim", "diag_hutchinson", "lanczos")
+    total = 0
+    for t, u in zip(s[:-1], s[1:]):
+        # the final step to sigma = 0 and steps above the window are one plain (guided) evaluation
+        if u == 0 or (covariance and t > window and not isinstance(sigmas, int)):
+            total += 1 + extra
+        else:
+            total += per_step + extra
+    return total
 
 
 def get_sampler(name: str):
@@ -276,14 +311,19 @@ def get_sampler(name: str):
 def sample(model, shape, sampler: str = "cov_ddim", steps: int = 8, sigma_min: float = 0.002,
            sigma_max: float = 80.0, schedule: str = "karras", rho: float = 7.0, generator=None, device=None,
            dtype: torch.dtype = torch.float32, extra_args=None, callback=None, disable=None, sample_offset: int = 0,
-           **options) -> torch.Tensor:
+           sigmas=None, **options) -> torch.Tensor:
     """One-line sampling: noise of ``shape = (B, ...)`` at ``sigma_max`` -> ``steps`` steps of ``sampler``.
 
     The initial noise comes from the same counter-based stream as all other noise, so sample ``b`` is the
-    same whatever the batch size (pass ``sample_offset`` when sharding). ``options`` go to the sampler.
+    same whatever the batch size (pass ``sample_offset`` when sharding). ``sigmas``: an explicit schedule
+    (then ``steps``, ``sigma_min``, ``sigma_max``, ``schedule``, ``rho`` are not used). ``options`` go to
+    the sampler.
     """
     fn = get_sampler(sampler)
-    sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, rho, device=device)
+    if sigmas is None:
+        sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, rho, device=device)
+    else:
+        sigmas = check_inputs(torch.zeros(1, 1, device=device), sigmas)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     shape = tuple(shape)

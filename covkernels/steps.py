@@ -200,6 +200,17 @@ def lanczos_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
     return x_s, denoised
 
 
+def plain_step(ctx: StepContext, x: torch.Tensor, denoised: torch.Tensor, step: int, sigma_t: float,
+               sigma_s: float, eta: float) -> torch.Tensor:
+    """The mean-only ancestral step ``m + sigma_up xi`` (DDIM for eta = 0) of the covariance samplers above
+    their ``cov_sigma_max``; ``xi`` from the step's noise stream."""
+    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
+    x_s = ddim_mean(denoised, x, sigma_t, sigma_down)
+    if sigma_up > 0:
+        x_s = x_s + sigma_up * ctx.normal(x.shape, step, dtype=x_s.dtype, device=x.device)
+    return x_s.to(x.dtype)
+
+
 def addim_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
                sigma_data: float):
     """aDDIM (our reading): DDIM plus isotropic noise for the x0 uncertainty, with the posterior variance of

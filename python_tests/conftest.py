@@ -13,6 +13,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Covariance samplers take plain DDIM steps above sigma = cov_sigma_max (default 1.0); tests about the
+# covariance step itself put it on every step.
+EVERY_STEP = {"cov_sigma_max": math.inf}
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -37,7 +37,7 @@ def read_png(path):
 def test_cli_sample_writes_grid_and_quality_line(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", "--model", "gmm", "--sampler", "cov_ddim", "--steps", "3", "--num", "4",
-                 "--num-eval", "64", "--out", str(out), "--quiet", "--scale", "1"]) == 0
+                 "--num-eval", "64", "--out", str(out), "--quiet", "--scale", "1", "--cov-sigma-max", "inf"]) == 0
     text = capsys.readouterr().out
     assert "cov_ddim on gmm: 3 steps, 5 NFE/sample" in text
     assert "Frechet distance to exact samples (pixel space, N=64)" in text

@@ -17,12 +17,15 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import expected_cov_error, gen, spd_matrix, whitened_errors
+from conftest import EVERY_STEP, expected_cov_error, gen, spd_matrix, whitened_errors
 from covkernels.models import DenseGaussian, SpectralGaussian, stationary_spectrum
 
 SIGMA_MAX, SIGMA_MIN = 10.0, 1e-3
 ONE_STEP = torch.tensor([SIGMA_MAX, SIGMA_MIN, 0.0], dtype=torch.float64)
 FEW_STEPS = ck.karras_sigmas(4, 0.01, SIGMA_MAX).to(torch.float64)
+
+
+COVARIANCE = ("cov_ddim", "lanczos", "diag_hutchinson")
 
 
 def run(model, n, sampler, sigmas, seed=0, **options):
@@ -31,7 +34,7 @@ def run(model, n, sampler, sigmas, seed=0, **options):
     x0 = model.sample(n, generator=gen(200 + seed), dtype=torch.float64)
     noise = torch.randn(n, *model.event_shape, generator=gen(100 + seed), dtype=torch.float64)
     return ck.get_sampler(sampler)(model, x0 + noise * sigmas[0], sigmas, disable=True, generator=gen(seed),
-                                   **options)
+                                   **{**(EVERY_STEP if sampler in COVARIANCE else {}), **options})
 
 
 def assert_exact(samples, mean, cov):

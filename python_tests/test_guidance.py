@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import gen
+from conftest import EVERY_STEP, gen
 from covkernels.guidance import Guidance, cfg_denoiser
 from covkernels.ops.dct.reference import block_idct2
 from covkernels.ops.rng.reference import STREAM_NOISE, philox_normal
@@ -63,7 +63,7 @@ def expected_cov_ddim(x, labels, seed, eta=0.0):
 def test_guided_cov_ddim_equals_hand_computed_update(setup, jvp, eta):
     x, extra, g = setup
     got = ck.sample_cov_ddim(Labelled(), x, SIG, extra_args=extra, disable=True, generator=gen(1), block=4,
-                             guidance=g, jvp=jvp, eta=eta)
+                             guidance=g, jvp=jvp, eta=eta, **EVERY_STEP)
     exp = expected_cov_ddim(x, extra["labels"], draw_seed(gen(1)), eta)
     tol = 1e-6 if jvp == "finite_difference" else 1e-12
     torch.testing.assert_close(got, exp, rtol=tol, atol=tol)
@@ -73,10 +73,10 @@ def test_guided_step_is_three_evaluations_in_one_call(setup):
     x, extra, g = setup
     model = Labelled()
     ck.sample_cov_ddim(model, x, SIG, extra_args=extra, disable=True, generator=gen(1), block=4, guidance=g,
-                       jvp="finite_difference")
+                       jvp="finite_difference", **EVERY_STEP)
     # step 0: ONE call on [x, x + h v, x] (cond, cond, uncond); final step: one call on [x, x] (cond, uncond)
     assert model.rows == [3 * 2, 2 * 2]
-    assert sum(model.rows) // 2 == ck.sampling.nfe_per_sample("cov_ddim", SIG, guided=True) == 5
+    assert sum(model.rows) // 2 == ck.sampling.nfe_per_sample("cov_ddim", SIG, guided=True, **EVERY_STEP) == 5
 
 
 def test_separate_uncond_model_and_unpairable_args_give_the_same_samples(setup):
@@ -95,7 +95,7 @@ def test_guided_lanczos_equals_hand_computed_update(setup):
     """J = a I: the Krylov space is invariant after one step, and the noise is sqrt(s_up^2 + s^2 a) xi."""
     x, extra, g = setup
     got = ck.sample_lanczos(Labelled(), x, SIG, extra_args=extra, disable=True, generator=gen(2), guidance=g,
-                            jvp="forward_ad", eta=1.0)
+                            jvp="forward_ad", eta=1.0, **EVERY_STEP)
     s0, s1 = 5.0, 1.0
     up = min(s1, math.sqrt(s1 ** 2 * (s0 ** 2 - s1 ** 2) / s0 ** 2))
     down = math.sqrt(s1 ** 2 - up ** 2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import gen
+from conftest import EVERY_STEP, gen
 from covkernels import jvp as jvp_engine
 from covkernels.guidance import Guidance
 from covkernels.models.unet import random_diffusers_unet
@@ -54,7 +54,7 @@ def test_strategies_agree_on_the_unet(unet):
 def test_covariance_samplers_run_end_to_end_with_auto(unet, sampler, options):
     x = torch.randn(2, 3, 16, 16, generator=gen(3)) * 10
     out = ck.get_sampler(sampler)(unet, x, ck.karras_sigmas(3, 0.05, 10.0), disable=True, generator=gen(4),
-                                  **options)
+                                  **options, **EVERY_STEP)
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     choice = [c for name, c in jvp_engine.auto_choices() if name == "EDMDenoiser"][-1]
     assert choice.strategy in ("forward_ad", "double_vjp", "finite_difference")
@@ -69,7 +69,7 @@ def test_guided_sampling_on_a_class_conditional_unet():
     g = Guidance(2.0, uncond_args={"class_labels": torch.tensor([3, 3])})
     sigmas = ck.karras_sigmas(3, 0.05, 10.0)
     out = ck.sample_cov_ddim(model, x, sigmas, extra_args={"class_labels": torch.tensor([0, 1])}, disable=True,
-                             generator=gen(6), guidance=g, jvp="finite_difference")
+                             generator=gen(6), guidance=g, jvp="finite_difference", **EVERY_STEP)
     assert bool(torch.isfinite(out).all())
     # 2 covariance steps of ONE tripled call each, then one doubled call for the final step
     assert rows == [6, 6, 4]

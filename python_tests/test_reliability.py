@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import gen
+from conftest import EVERY_STEP, gen
 from covkernels.ops.dct.reference import block_idct2
 from covkernels.ops.rng.reference import STREAM_NOISE, philox_normal
 from covkernels.steps import draw_seed
@@ -33,7 +33,7 @@ def expected_one_step(model, seed, c, eta):
 ])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_cov_ddim_clamps_adversarial_jacobians(name, fn, c, eta):
-    out = ck.sample_cov_ddim(fn, X, SIG[:2], disable=True, generator=gen(1), block=4, eta=eta, jvp="forward_ad")
+    out = ck.sample_cov_ddim(fn, X, SIG[:2], disable=True, generator=gen(1), block=4, eta=eta, jvp="forward_ad", **EVERY_STEP)
     mean, std, xi = expected_one_step(fn, draw_seed(gen(1)), c, eta)
     torch.testing.assert_close(out, mean + block_idct2(std * xi, 4))
 
@@ -42,14 +42,14 @@ def test_cov_ddim_clamps_adversarial_jacobians(name, fn, c, eta):
     ("indefinite", lambda x, s: -x, 0.0), ("zero", lambda x, s: torch.zeros_like(x) + 0.5, 0.0),
 ])
 def test_lanczos_clamps_ritz_values_and_handles_breakdown(name, fn, c):
-    out = ck.sample_lanczos(fn, X, SIG[:2], disable=True, generator=gen(2), jvp="forward_ad")
+    out = ck.sample_lanczos(fn, X, SIG[:2], disable=True, generator=gen(2), jvp="forward_ad", **EVERY_STEP)
     mean, std, xi = expected_one_step(fn, draw_seed(gen(2)), c, 1.0)
     torch.testing.assert_close(out, mean + std * xi)
 
 
 def test_lanczos_huge_jacobian_respects_c_max():
     fn = lambda x, s: 1e6 * x  # noqa: E731
-    out = ck.sample_lanczos(fn, X, SIG[:2], disable=True, generator=gen(3), jvp="forward_ad", c_max=1.0)
+    out = ck.sample_lanczos(fn, X, SIG[:2], disable=True, generator=gen(3), jvp="forward_ad", c_max=1.0, **EVERY_STEP)
     mean, std, xi = expected_one_step(fn, draw_seed(gen(3)), 1.0, 1.0)
     torch.testing.assert_close(out, mean + std * xi)
 
@@ -63,7 +63,7 @@ def test_strongly_non_symmetric_jacobian_stays_finite_and_bounded():
 
     for sampler in ("cov_ddim", "lanczos", "diag_hutchinson"):
         opts = {"block": 4} if sampler == "cov_ddim" else {}
-        out = ck.get_sampler(sampler)(fn, X, SIG[:2], disable=True, generator=gen(5), jvp="forward_ad", **opts)
+        out = ck.get_sampler(sampler)(fn, X, SIG[:2], disable=True, generator=gen(5), jvp="forward_ad", **opts, **EVERY_STEP)
         assert bool(torch.isfinite(out).all()), sampler
 
 
@@ -76,10 +76,10 @@ def test_low_precision_models(sampler, dtype):
     model = get_model("gmm", size=8)
     x = (torch.randn(2, 3, 8, 8, generator=gen(6)) * 10).to(dtype)
     out = ck.get_sampler(sampler)(model, x, ck.karras_sigmas(4, 0.05, 10.0), disable=True, generator=gen(7),
-                                  jvp="finite_difference")
+                                  jvp="finite_difference", **EVERY_STEP)
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
     ref = ck.get_sampler(sampler)(model, x.float(), ck.karras_sigmas(4, 0.05, 10.0), disable=True,
-                                  generator=gen(7), jvp="finite_difference")
+                                  generator=gen(7), jvp="finite_difference", **EVERY_STEP)
     assert float((out.float() - ref).abs().max()) < 0.2  # same noise, precision-level differences only
 
 
@@ -97,7 +97,7 @@ def test_long_runs_do_not_grow_memory():
     model = get_model("gaussian", size=32)
     x = torch.randn(4, 3, 32, 32, generator=gen(8)) * 10
     run = lambda n: ck.sample_cov_ddim(model, x, ck.karras_sigmas(n, 0.05, 10.0), disable=True,  # noqa: E731
-                                       generator=gen(9), block=8, jvp="finite_difference")
+                                       generator=gen(9), block=8, jvp="finite_difference", **EVERY_STEP)
     run(100)
     before = _rss_bytes()
     run(1000)

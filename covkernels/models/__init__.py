@@ -1,8 +1,9 @@
 """Analytic oracle denoisers (exact posterior means) usable as the ``model`` of any sampler.
 
 ``get_model(name)`` builds a named demo model: ``gmm`` (the 4-pattern Gaussian mixture of stationary
-colour fields, 3 x 32 x 32) or ``gaussian`` (one stationary colour field). Every model has
-``sample(n, generator)`` for exact data samples and ``event_shape``.
+colour fields, 3 x 32 x 32), ``gaussian`` (one stationary colour field) — both analytic, with
+``sample(n, generator)`` for exact data samples — or ``digits`` (the trained 1 x 16 x 16 UNet denoiser
+shipped with the package, see :mod:`covkernels.models.digits`). Every model has ``event_shape``.
 """
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ import torch
 from .gaussian import DenseGaussian, SpectralGaussian, sigma_view, stationary_spectrum
 from .mixture import GaussianMixture, demo_mixture
 
-MODELS = ("gmm", "gaussian")
+MODELS = ("gmm", "gaussian", "digits")
 
 
 def get_model(name: str, size: int = 32) -> torch.nn.Module:
-    """A named analytic model of ``3 x size x size`` images (``size`` a multiple of 8 for convdct)."""
+    """A named model: analytic ones of ``3 x size x size`` images (``size`` a multiple of 8 for convdct);
+    ``digits`` is always ``1 x 16 x 16`` (``size`` must be 16)."""
     if name == "gmm":
         return demo_mixture(size)
     if name == "gaussian":
         mean = torch.tensor([0.3, -0.1, -0.4], dtype=torch.float64).view(3, 1, 1).expand(3, size, size)
         return SpectralGaussian(mean, stationary_spectrum(3, size, size, std=0.3, length=3.0), basis="dct")
+    if name == "digits":
+        if size not in (16, 32):  # 32: the default of the analytic models, ignored
+            raise ValueError(f"the digits model is 1 x 16 x 16, got size={size}")
+        from .digits import digits_denoiser
+
+        return digits_denoiser()
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 

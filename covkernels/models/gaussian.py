@@ -149,6 +149,11 @@ class SpectralGaussian(_ExactDenoiser):
         cols = synthesis(analysis(eye, self.basis, self.block) * self.spectrum, self.basis, self.block)
         return cols.view(d, d)
 
+    def sqrt_cov(self, v: torch.Tensor) -> torch.Tensor:
+        """``C^1/2 v`` for a batch ``v (M, C, H, W)`` (float64), for the exact W2 metric."""
+        c = analysis(v.to(self.mean.device, torch.float64), self.basis, self.block)
+        return synthesis(c * self.spectrum.sqrt(), self.basis, self.block)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density ``(B,)`` (float64)."""
         c = analysis(x.to(self.mean.device, torch.float64) - self.mean, self.basis, self.block)

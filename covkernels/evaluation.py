@@ -1,0 +1,240 @@
+"""Quality evaluation: a grid of samplers x NFE budgets on one model, N samples per cell, fixed seeds.
+
+``evaluate(model="gmm", ...)`` (and ``covkernels eval``) runs every cell, writes the results after each
+finished cell (``<out>/quality_<model>.json``; an interrupted run resumes where it stopped, losing no
+finished cell), then the CSV, Markdown table and PNG plot (see :mod:`covkernels.report`).
+
+- Budgets: a cell gets the most steps whose NFE fits the budget (a JVP counts as one evaluation, its
+  primal as another, as in the papers); cells that cannot take 2 steps are left out. The NFE actually
+  spent is measured by wrapping the model (rows evaluated / samples; a forward-AD call counts twice)
+  and must equal the accounting.
+- Every cell uses the same seed, so all samplers start from the same noise (common random numbers make
+  the differences between samplers far less noisy than the metrics themselves).
+- Metrics: analytic models (``gmm``, ``gaussian``): Frechet distance to exact samples in pixel space, the
+  log-likelihood gap under the true density (nats per dimension, ``E_data log p - E_samples log p``:
+  positive = samples too spread, negative = too concentrated) and, for the Gaussian, the exact W2^2 of the
+  sample mean and covariance. The trained ``digits`` model: Frechet distance and k-NN precision / recall
+  in the feature space of the shipped classifier against the 1797 real digits.
+- Scale-out: under ``torchrun`` every rank draws its own contiguous range of sample indices (the
+  counter-based noise makes the union equal to a one-process run) and rank 0 gathers and scores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+
+from .sampling import nfe_per_sample, sample
+from .schedules import get_sigmas
+
+# label -> (sampler, options); the grid of the issue: baselines, cov_ddim per basis, lanczos per k.
+VARIANTS = {
+    "ddim": ("ddim", {}), "ddpm": ("ddpm", {}), "addim": ("addim", {}), "heun": ("heun", {}),
+    "dpmpp_2m": ("dpmpp_2m", {}), "diag_hutchinson": ("diag_hutchinson", {}),
+    "cov_ddim/identity": ("cov_ddim", {"basis": "identity"}), "cov_ddim/dct": ("cov_ddim", {"basis": "dct"}),
+    "cov_ddim/convdct": ("cov_ddim", {"basis": "convdct"}),
+    "lanczos/k1": ("lanczos", {"lanczos_steps": 1}), "lanczos/k2": ("lanczos", {"lanczos_steps": 2}),
+    "lanczos/k3": ("lanczos", {"lanczos_steps": 3}), "lanczos/k5": ("lanczos", {"lanczos_steps": 5}),
+}
+NFES = (4, 6, 8, 12, 16, 24, 32)
+EVAL_MODELS = ("gmm", "gaussian", "digits")
+COVARIANCE = ("cov_ddim", "diag_hutchinson", "lanczos")
+
+
+def load_model(name: str) -> torch.nn.Module:
+    """The evaluation models: the 3 x 16 x 16 ``gmm`` / ``gaussian`` oracles and the trained ``digits``."""
+    from .models import get_model
+
+    if name not in EVAL_MODELS:
+        raise ValueError(f"model must be one of {EVAL_MODELS}, got {name!r}")
+    return get_model(name) if name == "digits" else get_model(name, size=16)
+
+
+def schedule_for(label: str, nfe: int, schedule: dict, options: dict | None = None):
+    """``(steps, sigmas, nfe_used)`` for the most steps of ``label`` within ``nfe`` (None if < 2 steps)."""
+    sampler, opts = VARIANTS[label]
+    opts = {**opts, **(options or {})} if sampler in COVARIANCE else opts
+    count = {k: v for k, v in opts.items() if k in ("lanczos_steps", "probes", "cov_sigma_max")}
+    best = None
+    for steps in range(2, nfe + 1):  # not monotone: one more step can move a sigma below cov_sigma_max
+        sigmas = get_sigmas(schedule["schedule"], steps, schedule["sigma_min"], schedule["sigma_max"], schedule["rho"])
+        used = nfe_per_sample(sampler, sigmas, **count)
+        if used <= nfe and (best is None or (used, steps) > (best[2], best[0])):
+            best = (steps, sigmas, used)
+    return best
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a denoiser and counts the rows it evaluates; a forward-AD (dual) input counts twice."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+        self.event_shape = getattr(model, "event_shape", None)
+
+    def forward(self, x, sigma, **extra):
+        from torch.autograd.forward_ad import unpack_dual
+
+        dual = unpack_dual(x).tangent is not None
+        self.rows += x.shape[0] * (2 if dual else 1)
+        return self.model(x, sigma, **extra)
+
+
+def _dist():
+    """``(rank, world)`` of an initialised (or torchrun-launched, then initialised here) process group."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int, device, jvp: str,
+             options: dict | None = None) -> tuple[torch.Tensor | None, dict]:
+    """This rank's share of ``num`` samples of one cell, gathered on rank 0 (others get None).
+    Returns ``(samples on rank 0, {"nfe_measured", "seconds_per_sample"})``."""
+    rank, world = _dist()
+    sampler, opts = VARIANTS[label]
+    if sampler in COVARIANCE:
+        opts = {"jvp": jvp, **opts, **(options or {})}
+    counted = CountingModel(model)
+    lo, hi = num * rank // world, num * (rank + 1) // world
+    chunks, start = [], time.perf_counter()
+    for offset in range(lo, hi, batch_size):
+        gen = torch.Generator(device=device).manual_seed(seed)  # same run seed; sample_offset makes the draw
+        b = min(batch_size, hi - offset)
+        x = sample(counted, (b, *model.event_shape), sampler, sigmas=sigmas, generator=gen, device=device,
+                   disable=True, sample_offset=offset, **opts)
+        chunks.append(x.cpu())
+    stats = torch.tensor([counted.rows, hi - lo, time.perf_counter() - start], dtype=torch.float64)
+    local = torch.cat(chunks) if chunks else torch.empty(0, *model.event_shape)
+    if world == 1:
+        return local, {"nfe_measured": float(stats[0] / stats[1]), "seconds_per_sample": float(stats[2] / stats[1])}
+    import torch.distributed as dist
+
+    gathered, all_stats = [None] * world, [None] * world
+    dist.all_gather_object(gathered, local)
+    dist.all_gather_object(all_stats, stats)
+    total = torch.stack(all_stats).sum(0)
+    info = {"nfe_measured": float(total[0] / total[1]), "seconds_per_sample": float(total[2] / total[1])}
+    return (torch.cat(gathered) if rank == 0 else None), info
+
+
+class Scorer:
+    """The metrics of one model; the reference sets are drawn once (seeded) and shared by all cells."""
+
+    def __init__(self, name: str, model, num: int, seed: int):
+        from . import metrics
+
+        self.name, self.model, self.m = name, model, metrics
+        if name == "digits":
+            from .models.digits import digits_classifier
+
+            self.classifier = digits_classifier()
+            self.real = self.classifier.reference_features.float()
+        else:
+            gen = torch.Generator().manual_seed(seed + 1)
+            self.exact, self.exact2 = model.sample(num, generator=gen), model.sample(num, generator=gen)
+            self.logp_data = float(model.log_prob(self.exact).mean())
+
+    def __call__(self, x: torch.Tensor) -> dict:
+        if self.name == "digits":
+            f = self.classifier.features(x.clamp(-1, 1))
+            precision, recall = self.m.precision_recall(self.real, f)
+            return {"fd_features": self.m.frechet_distance(f, self.real), "precision": precision, "recall": recall}
+        d = math.prod(self.model.event_shape)
+        out = {"fd_pixels": self.m.frechet_distance(x, self.exact),
+               "loglik_gap": (self.logp_data - float(self.model.log_prob(x).mean())) / d}
+        if self.name == "gaussian":
+            out["w2"] = self.m.gaussian_w2(x, self.model.mean, self.model.sqrt_cov)
+        return out
+
+    def floor(self) -> dict:
+        """The metrics of a second set of exact samples (data for digits): the noise floor of the table."""
+        if self.name == "digits":
+            gen = torch.Generator().manual_seed(7)
+            idx = torch.randperm(self.real.shape[0], generator=gen)
+            half = self.real.shape[0] // 2
+            a, b = self.real[idx[:half]], self.real[idx[half:]]
+            precision, recall = self.m.precision_recall(b, a)
+            return {"fd_features": self.m.frechet_distance(a, b), "precision": precision, "recall": recall}
+        return self(self.exact2)
+
+
+def _save(path: str, state: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+    os.replace(tmp, path)  # atomic: an interrupt never leaves a half-written results file
+
+
+def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 1024, *, seed: int = 0,
+             batch_size: int = 256, schedule: str = "karras", sigma_min: float = 0.1, sigma_max: float = 80.0,
+             rho: float = 7.0, jvp: str = "finite_difference", device="cpu", out_dir: str | None = None,
+             resume: bool = True, options: dict | None = None, progress=print, command: str | None = None) -> dict:
+    """Run the grid; return ``{"config", "floor", "cells"}`` (also written to ``out_dir`` on rank 0).
+
+    ``samplers``: labels of :data:`VARIANTS` (default: all); ``nfes``: budgets (default :data:`NFES`);
+    ``options``: extra sampler options for every covariance sampler (e.g. ``{"cov_sigma_max": inf}``).
+    ``resume``: reuse the finished cells of an existing results file with the same configuration.
+    ``command``: the command line quoted in the Markdown report.
+    """
+    progress = progress or (lambda message: None)
+    samplers = list(VARIANTS) if samplers is None else list(samplers)
+    nfes = list(NFES) if nfes is None else [int(n) for n in nfes]
+    for label in samplers:
+        if label not in VARIANTS:
+            raise ValueError(f"samplers: unknown {label!r}; choose from {list(VARIANTS)}")
+    if not nfes or min(nfes) < 2:
+        raise ValueError(f"nfes must be budgets >= 2, got {nfes}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 4:
+        raise ValueError(f"num_samples must be an int >= 4, got {num_samples!r}")
+    sched = {"schedule": schedule, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}
+    config = {"model": model, "num_samples": num_samples, "seed": seed, "jvp": jvp, **sched,
+              "options": options or {}}
+    rank, world = _dist()
+    path = None if out_dir is None else os.path.join(out_dir, f"quality_{model}.json")
+    state = {"config": config, "floor": None, "cells": []}
+    if path and resume and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("config") == config:
+            state = old
+            progress(f"resuming {path}: {len(old['cells'])} finished cells kept")
+    done = {(c["sampler"], c["nfe_budget"]) for c in state["cells"]}
+    net = load_model(model).to(device)
+    scorer = Scorer(model, net, num_samples, seed) if rank == 0 else None
+    if rank == 0 and state["floor"] is None:
+        state["floor"] = scorer.floor()
+    for nfe in nfes:
+        for label in samplers:
+            plan = schedule_for(label, nfe, sched, options)
+            if (label, nfe) in done or plan is None:
+                continue
+            steps, sigmas, used = plan
+            x, info = generate(net, label, sigmas.to(device), num_samples, seed=seed, batch_size=batch_size,
+                               device=device, jvp=jvp, options=options)
+            if rank != 0:
+                continue
+            cell = {"sampler": label, "nfe_budget": nfe, "steps": steps, "nfe": used, **info, **scorer(x)}
+            if abs(info["nfe_measured"] - used) > 1e-9:
+                raise RuntimeError(f"{label} at {nfe} NFE: the model was evaluated {info['nfe_measured']} times "
+                                   f"per sample, the accounting says {used}")
+            state["cells"].append(cell)
+            if path:
+                os.makedirs(out_dir, exist_ok=True)
+                _save(path, state)
+            progress(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell.items()))
+    if rank == 0 and path:
+        from .report import write_reports
+
+        for written in write_reports(state, out_dir, command):
+            progress(f"wrote {written}")
+    return state
