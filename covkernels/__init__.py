@@ -29,7 +29,7 @@ from .schedules import (  # noqa: E402
     vp_sigmas,
 )
 from .guidance import Guidance, cfg_denoiser  # noqa: E402
-from .steps import NonFiniteError  # noqa: E402
+from .steps import NonFiniteError, NonFiniteFallbackWarning  # noqa: E402
 
 
 def info(file=None) -> None:
@@ -41,6 +41,6 @@ def info(file=None) -> None:
 __all__ = [
     "SAMPLERS", "get_sampler", "sample", "sample_addim", "sample_cov_ddim", "sample_ddim", "sample_ddpm",
     "sample_diag_hutchinson", "sample_dpmpp_2m", "sample_heun", "sample_lanczos", "alphas_cumprod_to_sigmas",
-    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError", "Guidance", "cfg_denoiser", "info",
+    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError", "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info",
     "__version__",
 ]

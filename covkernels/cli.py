@@ -89,10 +89,12 @@ def cmd_eval(args) -> int:
 
     options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
     command = "covkernels " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
-    evaluate(args.model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
-             batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-             schedule=args.schedule, jvp=args.jvp, device=torch.device(args.device), out_dir=args.out,
-             resume=not args.no_resume, options=options, progress=None if args.quiet else print, command=command)
+    for model in args.model:
+        evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
+                 batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                 schedule=args.schedule, jvp=args.jvp, device=torch.device(args.device), out_dir=args.out,
+                 resume=not args.no_resume, options=options, progress=None if args.quiet else print,
+                 command=command)
     return 0
 
 
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="quality grid: samplers x NFE budgets, tables + plot under --out",
                        formatter_class=fmt)
-    e.add_argument("--model", default="gmm", choices=list(EVAL_MODELS))
+    e.add_argument("--model", nargs="+", default=["gmm"], choices=list(EVAL_MODELS), help="one table per model")
     e.add_argument("--samplers", nargs="+", default=None, choices=list(VARIANTS), metavar="LABEL",
                    help=f"grid rows (default: all of {', '.join(VARIANTS)})")
     e.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="NFE budgets")

@@ -10,6 +10,7 @@ mean, with one plain model call and no JVP.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -23,6 +24,10 @@ from .ops.rng.reference import STREAM_NOISE
 
 class NonFiniteError(ValueError):
     """The model returned NaN or Inf; the message names the step and sigma."""
+
+
+class NonFiniteFallbackWarning(UserWarning):
+    """``check_finite="mean_only"``: a sample's JVP was NaN/Inf and it took the mean-only step."""
 
 
 def ancestral_split(sigma_t: float, sigma_s: float, eta: float) -> tuple[float, float]:
@@ -94,7 +99,11 @@ class StepContext:
         g = as_guidance(guidance)
         self.guided = None if g is None else GuidedModel(model, self.extra, g)
         self.ops = dispatch.resolve(backend, x.device)
+        if check_finite not in (True, False, "mean_only"):
+            raise ValueError(f"check_finite must be True, False or 'mean_only', got {check_finite!r}")
         self.jvp_strategy, self.check_finite = jvp, bool(check_finite)
+        self.mean_only_fallback = check_finite == "mean_only"
+        self.fallbacks: list[tuple[int, float, list[int]]] = []  # (step, sigma, sample indices)
         self.seed, self.sample_offset = draw_seed(generator), sample_offset
         self.s_in = x.new_ones([x.shape[0]])
         self.nfe = 0
@@ -114,6 +123,19 @@ class StepContext:
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise NonFiniteError(f"model returned NaN/Inf ({what}) at step {step}, sigma={sigma:.6g}")
         return out
+
+    def _checked_jvp(self, jv, x: torch.Tensor, step: int, sigma: float) -> torch.Tensor:
+        """With ``check_finite="mean_only"`` a non-finite JVP row is zeroed: J v = 0 makes the covariance
+        term vanish, so that sample takes the mean-only step (DDIM / ancestral). Reported by a warning."""
+        if self.mean_only_fallback and isinstance(jv, torch.Tensor) and jv.shape == x.shape:
+            bad = ~torch.isfinite(jv.flatten(1)).all(dim=1)
+            if bool(bad.any()):
+                rows = [self.sample_offset + int(b) for b in bad.nonzero().flatten()]
+                self.fallbacks.append((step, sigma, rows))
+                warnings.warn(f"non-finite JVP at step {step}, sigma={sigma:.6g} for samples {rows}: they take "
+                              f"the mean-only step there", NonFiniteFallbackWarning, stacklevel=4)
+                jv = torch.where(bad.view(-1, *([1] * (x.dim() - 1))), torch.zeros_like(jv), jv)
+        return self._checked(jv, x, step, sigma, "JVP")
 
     def denoise(self, x: torch.Tensor, sigma, step: int) -> torch.Tensor:
         """``D(x, sigma)`` (guided if the run has guidance). ``sigma`` a float or 0-dim tensor.
@@ -137,7 +159,7 @@ class StepContext:
         if not fresh:
             self.nfe += 1
             _, jv = jvp_engine.jvp(self.model, x, s, v, self.extra, strategy=self.jvp_strategy, primal=self._primal)
-            return None, self._checked(jv, x, step, float(sigma), "JVP")
+            return None, self._checked_jvp(jv, x, step, float(sigma))
         if self.guided is None:
             self.nfe += 2
             d, jv = jvp_engine.jvp(self.model, x, s, v, self.extra, strategy=self.jvp_strategy)
@@ -148,7 +170,7 @@ class StepContext:
             self._primal = self._checked(d_cond, x, step, float(sigma), "conditional denoised")
             mean = self.guided.combine(self._primal, self._checked(d_uncond, x, step, float(sigma),
                                                                    "unconditional denoised"))
-        return mean, self._checked(jv, x, step, float(sigma), "JVP")
+        return mean, self._checked_jvp(jv, x, step, float(sigma))
 
     def normal(self, shape, step: int, stream: int = STREAM_NOISE, dtype=None, device=None) -> torch.Tensor:
         return self.ops.normal(self.seed, shape, sample_offset=self.sample_offset, step=step, stream=stream,

@@ -130,3 +130,21 @@ def test_markdown_marks_the_best_cell_per_column():
     text = markdown(state)
     best = min(state["cells"], key=lambda c: c["fd_pixels"])
     assert f"| {best['sampler']} | **" in text
+
+
+def _ranking(state, metric, nfe):
+    cells = [c for c in state["cells"] if c["nfe_budget"] == nfe]
+    return [c["sampler"] for c in sorted(cells, key=lambda c: c[metric])]
+
+
+def test_quality_ordering_claimed_in_the_readme():
+    """The README's quality claims on a reduced grid (the full grid: benchmarks/results/quality_*.md).
+    gmm: DPM-Solver++(2M) < cov_ddim (DCT, default cov_sigma_max) < its base DDIM at 8 and 12 NFE, in the
+    pooled Frechet distance (N = 1024: the pixel-space FD is too biased to rank at this N).
+    digits: DPM-Solver++(2M) < DDIM < cov_ddim at 8 NFE (the covariance does not pay off there)."""
+    labels = ["ddim", "dpmpp_2m", "cov_ddim/dct"]
+    gmm = evaluate("gmm", samplers=labels, nfes=[8, 12], num_samples=1024, progress=None)
+    for nfe in (8, 12):
+        assert _ranking(gmm, "fd_pooled", nfe) == ["dpmpp_2m", "cov_ddim/dct", "ddim"], nfe
+    digits = evaluate("digits", samplers=labels, nfes=[8], num_samples=256, progress=None)
+    assert _ranking(digits, "fd_features", 8) == ["dpmpp_2m", "ddim", "cov_ddim/dct"]

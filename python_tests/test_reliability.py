@@ -102,3 +102,26 @@ def test_long_runs_do_not_grow_memory():
     before = _rss_bytes()
     run(1000)
     assert _rss_bytes() - before < 16 * 2 ** 20
+
+
+def _nan_tangent_for_sample_1(x, s):
+    """Finite mean 0.5 x for every sample; under forward AD the tangent of sample 1 is NaN (0 * inf)."""
+    mask = (torch.arange(x.shape[0]) == 1).view(-1, 1, 1, 1)
+    return 0.5 * x + torch.where(mask, 0.0 * torch.sqrt(x - x.detach()), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("sampler,opts", [("cov_ddim", {"block": 4, "eta": 0.0}), ("lanczos", {"eta": 0.0})])
+def test_nonfinite_jvp_raises_or_falls_back_to_the_mean_only_step(sampler, opts):
+    run = ck.get_sampler(sampler)
+    kw = dict(disable=True, jvp="forward_ad", **opts, **EVERY_STEP)
+    with pytest.raises(ck.NonFiniteError, match=r"JVP.*step 0, sigma=4"):
+        run(_nan_tangent_for_sample_1, X, SIG, generator=gen(1), **kw)
+    with pytest.warns(ck.NonFiniteFallbackWarning, match=r"step 0, sigma=4.*samples \[1\]"):
+        out = run(_nan_tangent_for_sample_1, X, SIG, generator=gen(1), check_finite="mean_only", **kw)
+    healthy = run(lambda x, s: 0.5 * x, X, SIG, generator=gen(1), **kw)
+    torch.testing.assert_close(out[0], healthy[0])  # the other sample is untouched
+    mean_only = ck.sample_ddim(lambda x, s: 0.5 * x, X, SIG, disable=True)
+    torch.testing.assert_close(out[1], mean_only[1])  # eta = 0: the mean-only step is DDIM
+    assert not torch.allclose(healthy[1], mean_only[1])  # ... which differs from the covariance step
+    with pytest.raises(ValueError, match="check_finite"):
+        run(lambda x, s: 0.5 * x, X, SIG, check_finite="warn", **kw)
