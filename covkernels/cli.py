@@ -85,16 +85,21 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate
+    from .evaluation import evaluate, finish_distributed
 
     options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
     command = "covkernels " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
-    for model in args.model:
-        evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
-                 batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                 schedule=args.schedule, jvp=args.jvp, device=torch.device(args.device), out_dir=args.out,
-                 resume=not args.no_resume, options=options, progress=None if args.quiet else print,
-                 command=command)
+    try:
+        for model in args.model:
+            evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
+                     batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                     schedule=args.schedule, jvp=args.jvp, device=torch.device(args.device), out_dir=args.out,
+                     resume=not args.no_resume, options=options, progress=None if args.quiet else print,
+                     command=command)
+    except BaseException:
+        finish_distributed(failed=True)
+        raise
+    finish_distributed()
     return 0
 
 

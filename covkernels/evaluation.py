@@ -97,6 +97,17 @@ def _dist():
     return dist.get_rank(), dist.get_world_size()
 
 
+def finish_distributed(failed: bool = False) -> None:
+    """Barrier (unless ``failed``: the other ranks may never arrive) and destroy the process group, if any:
+    a rank leaving with gloo threads alive aborts the interpreter at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if not failed:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int, device, jvp: str,
              options: dict | None = None) -> tuple[torch.Tensor | None, dict]:
     """This rank's share of ``num`` samples of one cell, gathered on rank 0 (others get None).
