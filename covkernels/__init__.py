@@ -41,6 +41,7 @@ def info(file=None) -> None:
 __all__ = [
     "SAMPLERS", "get_sampler", "sample", "sample_addim", "sample_cov_ddim", "sample_ddim", "sample_ddpm",
     "sample_diag_hutchinson", "sample_dpmpp_2m", "sample_heun", "sample_lanczos", "alphas_cumprod_to_sigmas",
-    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError", "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info",
+    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError",
+    "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info",
     "__version__",
 ]

@@ -236,8 +236,8 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 @torch.no_grad()
 def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, probes=1,
-                           c_max=1.0, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0,
-                           check_finite=True):
+                           c_max=1.0, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto",
+                           generator=None, sample_offset=0, check_finite=True):
     """Pixel-diagonal covariance from ``probes`` Hutchinson JVPs (training-free OCM-DDPM diagonal), no
     channel averaging. ``1 + probes`` NFE per step with ``sigma <= cov_sigma_max``, 1 on the others."""
     sigmas = check_inputs(x, sigmas)
@@ -253,8 +253,8 @@ def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, dis
 
 @torch.no_grad()
 def sample_lanczos(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, lanczos_steps=3,
-                   reorthogonalize=True, c_max=None, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto", generator=None,
-                   sample_offset=0, check_finite=True):
+                   reorthogonalize=True, c_max=None, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto",
+                   backend="auto", generator=None, sample_offset=0, check_finite=True):
     """Lanczos Gaussian Sampler: full posterior covariance through ``lanczos_steps`` Lanczos iterations of
     JVPs started from the step noise. ``1 + lanczos_steps`` NFE per step with ``sigma <= cov_sigma_max``,
     1 on the others and on the last."""

@@ -33,7 +33,8 @@ def expected_one_step(model, seed, c, eta):
 ])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_cov_ddim_clamps_adversarial_jacobians(name, fn, c, eta):
-    out = ck.sample_cov_ddim(fn, X, SIG[:2], disable=True, generator=gen(1), block=4, eta=eta, jvp="forward_ad", **EVERY_STEP)
+    out = ck.sample_cov_ddim(fn, X, SIG[:2], disable=True, generator=gen(1), block=4, eta=eta, jvp="forward_ad",
+                             **EVERY_STEP)
     mean, std, xi = expected_one_step(fn, draw_seed(gen(1)), c, eta)
     torch.testing.assert_close(out, mean + block_idct2(std * xi, 4))
 
@@ -63,7 +64,8 @@ def test_strongly_non_symmetric_jacobian_stays_finite_and_bounded():
 
     for sampler in ("cov_ddim", "lanczos", "diag_hutchinson"):
         opts = {"block": 4} if sampler == "cov_ddim" else {}
-        out = ck.get_sampler(sampler)(fn, X, SIG[:2], disable=True, generator=gen(5), jvp="forward_ad", **opts, **EVERY_STEP)
+        out = ck.get_sampler(sampler)(fn, X, SIG[:2], disable=True, generator=gen(5), jvp="forward_ad", **opts,
+                                      **EVERY_STEP)
         assert bool(torch.isfinite(out).all()), sampler
 
 
@@ -102,6 +104,31 @@ def test_long_runs_do_not_grow_memory():
     before = _rss_bytes()
     run(1000)
     assert _rss_bytes() - before < 16 * 2 ** 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU allocator statistics need CUDA")
+@pytest.mark.parametrize("sampler", ["cov_ddim", "lanczos"])
+def test_long_runs_do_not_grow_gpu_memory(sampler):
+    """The CUDA caching allocator's live bytes after 1000 steps equal those after a 100-step warm-up (up
+    to one step's transient tensors), and the peak does not grow with the run length."""
+    from covkernels.models import get_model
+
+    model = get_model("gaussian", size=32).cuda()
+    x = (torch.randn(4, 3, 32, 32, generator=gen(8)) * 10).cuda()
+    run = lambda n: ck.get_sampler(sampler)(model, x, ck.karras_sigmas(n, 0.05, 10.0), disable=True,  # noqa: E731
+                                            generator=gen(9), jvp="finite_difference", **EVERY_STEP)
+    run(100)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    live = torch.cuda.memory_allocated()
+    run(100)
+    peak_short = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run(1000)
+    torch.cuda.synchronize()
+    image = x.numel() * x.element_size()
+    assert torch.cuda.memory_allocated() - live <= 2 * image
+    assert torch.cuda.max_memory_allocated() <= peak_short + 2 * image
 
 
 def _nan_tangent_for_sample_1(x, s):
