@@ -1,7 +1,7 @@
 """Train the shipped ``digits`` model: an EDM denoiser (DigitsUNet) and the feature classifier.
 
     pip install scikit-learn            # the data: its built-in 8x8 digits, no download
-    python benchmarks/train_digits.py   # ~25 min on 2 CPU cores; writes covkernels/models/weights/*.pt
+    python benchmarks/train_digits.py   # ~25 min on one CPU core; writes covkernels/models/weights/*.pt
 
 Data: the 1797 images of ``sklearn.datasets.load_digits``, bilinearly upsampled to 16 x 16, scaled to [-1, 1].
 Denoiser: EDM training (log-normal sigma, P_mean = -1.2, P_std = 1.2, the EDM loss weight), Adam with warm-up

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import os
 import platform
 import sys
@@ -88,12 +89,12 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate, finish_distributed
 
     options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
-    command = "covkernels " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    command = args.command_line or "covkernels " + shlex.join(args.argv)
     try:
         for model in args.model:
             evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
                      batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                     schedule=args.schedule, jvp=args.jvp, device=torch.device(args.device), out_dir=args.out,
+                     rho=args.rho, schedule=args.schedule, device=torch.device(args.device), out_dir=args.out,
                      resume=not args.no_resume, options=options, progress=None if args.quiet else print,
                      command=command)
     except BaseException:
@@ -220,8 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sigma-max", type=float, default=80.0)
     e.add_argument("--cov-sigma-max", type=float, default=None,
                    help="covariance samplers: plain steps above this sigma (sampler default if unset)")
-    e.add_argument("--jvp", default="finite_difference", choices=["auto", "forward_ad", "double_vjp",
-                                                                  "finite_difference", "central_difference"])
+    e.add_argument("--rho", type=float, default=7.0, help="Karras schedule exponent")
     e.add_argument("--out", default="eval_results", help="directory for quality_<model>.{json,csv,md,png}")
     e.add_argument("--no-resume", action="store_true", help="start over instead of reusing finished cells")
     e.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
@@ -239,12 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command in ("sample", "eval"):
         for name in ("num", "num_samples", "batch_size", "steps"):
             if not hasattr(args, name):
                 continue
             if getattr(args, name) < 1:
                 parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        if min(getattr(args, "nfe", None) or [2]) < 2:
+            parser.error("--nfe budgets must be >= 2")
         if getattr(args, "num_eval", 0) < 0:
             parser.error("--num-eval must be >= 0")
         try:

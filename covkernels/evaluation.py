@@ -21,6 +21,7 @@ finished cell), then the CSV, Markdown table and PNG plot (see :mod:`covkernels.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import time
 
 import torch
 
-from .sampling import nfe_per_sample, sample
+from .sampling import get_sampler, nfe_per_sample, sample
 from .schedules import get_sigmas
 
 # label -> (sampler, options); the grid of the issue: baselines, cov_ddim per basis, lanczos per k.
@@ -54,10 +55,20 @@ def load_model(name: str) -> torch.nn.Module:
     return get_model(name) if name == "digits" else get_model(name, size=16)
 
 
-def schedule_for(label: str, nfe: int, schedule: dict, options: dict | None = None):
-    """``(steps, sigmas, nfe_used)`` for the most steps of ``label`` within ``nfe`` (None if < 2 steps)."""
+def variant_options(label: str, options: dict | None) -> tuple[str, dict]:
+    """``(sampler, options)`` of a grid label: the shared ``options`` go to the covariance samplers that
+    accept them; the label's own options (basis, lanczos_steps) always win."""
     sampler, opts = VARIANTS[label]
-    opts = {**opts, **(options or {})} if sampler in COVARIANCE else opts
+    if sampler not in COVARIANCE or not options:
+        return sampler, dict(opts)
+    accepted = inspect.signature(get_sampler(sampler)).parameters
+    return sampler, {**{k: v for k, v in options.items() if k in accepted}, **opts}
+
+
+def schedule_for(label: str, nfe: int, schedule: dict, options: dict | None = None):
+    """``(steps, sigmas, nfe_used)``: the schedule that spends the most of ``nfe`` (then: the most steps);
+    None if fewer than 2 steps fit."""
+    sampler, opts = variant_options(label, options)
     count = {k: v for k, v in opts.items() if k in ("lanczos_steps", "probes", "cov_sigma_max")}
     best = None
     for steps in range(2, nfe + 1):  # not monotone: one more step can move a sigma below cov_sigma_max
@@ -84,14 +95,18 @@ class CountingModel(torch.nn.Module):
         return self.model(x, sigma, **extra)
 
 
-def _dist():
-    """``(rank, world)`` of an initialised (or torchrun-launched, then initialised here) process group."""
+def _dist(device=None):
+    """``(rank, world)`` of an initialised (or torchrun-launched, then initialised here) process group:
+    nccl when the evaluation runs on CUDA (each rank on its ``LOCAL_RANK`` GPU), gloo otherwise."""
     import torch.distributed as dist
 
     if not dist.is_available():
         return 0, 1
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
     if not dist.is_initialized():
         return 0, 1
     return dist.get_rank(), dist.get_world_size()
@@ -112,10 +127,10 @@ def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int,
              options: dict | None = None) -> tuple[torch.Tensor | None, dict]:
     """This rank's share of ``num`` samples of one cell, gathered on rank 0 (others get None).
     Returns ``(samples on rank 0, {"nfe_measured", "seconds_per_sample"})``."""
-    rank, world = _dist()
-    sampler, opts = VARIANTS[label]
+    rank, world = _dist(device)
+    sampler, opts = variant_options(label, options)
     if sampler in COVARIANCE:
-        opts = {"jvp": jvp, **opts, **(options or {})}
+        opts = {"jvp": jvp, **opts}
     counted = CountingModel(model)
     lo, hi = num * rank // world, num * (rank + 1) // world
     chunks, start = [], time.perf_counter()
@@ -200,8 +215,17 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     ``command``: the command line quoted in the Markdown report.
     """
     progress = progress or (lambda message: None)
-    samplers = list(VARIANTS) if samplers is None else list(samplers)
-    nfes = list(NFES) if nfes is None else [int(n) for n in nfes]
+    samplers = list(dict.fromkeys(VARIANTS if samplers is None else samplers))  # repeats run once
+    nfes = list(NFES) if nfes is None else list(dict.fromkeys(nfes))
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in nfes):
+        raise ValueError(f"nfes must be int budgets >= 2, got {nfes}")
+    if jvp != "finite_difference":
+        # The NFE of the other strategies is not what the papers count: forward AD recomputes the primal on
+        # every Lanczos JVP, central differences take 2 evaluations, double VJP 1 forward + 2 backwards,
+        # and "auto" probes all of them. Finite differences cost exactly the counted evaluations.
+        raise ValueError(f"jvp must be 'finite_difference' for the evaluation (its NFE count is exact), got {jvp!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     for label in samplers:
         if label not in VARIANTS:
             raise ValueError(f"samplers: unknown {label!r}; choose from {list(VARIANTS)}")
@@ -210,17 +234,27 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 4:
         raise ValueError(f"num_samples must be an int >= 4, got {num_samples!r}")
     sched = {"schedule": schedule, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}
+    from . import __version__
+    from .sampling import COV_SIGMA_MAX
+
+    opts = {"cov_sigma_max": COV_SIGMA_MAX, **(options or {})}
     config = {"model": model, "num_samples": num_samples, "seed": seed, "jvp": jvp, **sched,
-              "options": options or {}}
-    rank, world = _dist()
+              # inf as a string: strict JSON has no Infinity
+              "options": {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()},
+              "device": torch.device(device).type, "covkernels": __version__, "torch": torch.__version__}
+    rank, world = _dist(device)
     path = None if out_dir is None else os.path.join(out_dir, f"quality_{model}.json")
     state = {"config": config, "floor": None, "cells": []}
     if path and resume and os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        if old.get("config") == config:
-            state = old
-            progress(f"resuming {path}: {len(old['cells'])} finished cells kept")
+        if old.get("config") != config:
+            keys = sorted(k for k in set(config) | set(old.get("config", {}))
+                          if config.get(k) != old.get("config", {}).get(k))
+            raise ValueError(f"out_dir: {path} holds results of another configuration (differs in {keys}); "
+                             f"choose another output directory or start over with resume=False (--no-resume)")
+        state = old
+        progress(f"resuming {path}: {len(old['cells'])} finished cells kept")
     done = {(c["sampler"], c["nfe_budget"]) for c in state["cells"]}
     net = load_model(model).to(device)
     scorer = Scorer(model, net, num_samples, seed) if rank == 0 else None
@@ -241,6 +275,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                 raise RuntimeError(f"{label} at {nfe} NFE: the model was evaluated {info['nfe_measured']} times "
                                    f"per sample, the accounting says {used}")
             state["cells"].append(cell)
+            done.add((label, nfe))
             if path:
                 os.makedirs(out_dir, exist_ok=True)
                 _save(path, state)

@@ -103,7 +103,7 @@ class StepContext:
             raise ValueError(f"check_finite must be True, False or 'mean_only', got {check_finite!r}")
         self.jvp_strategy, self.check_finite = jvp, bool(check_finite)
         self.mean_only_fallback = check_finite == "mean_only"
-        self.fallbacks: list[tuple[int, float, list[int]]] = []  # (step, sigma, sample indices)
+        self._fallback = (-1, None)  # (step, (B,) bool mask of the samples falling back in that step)
         self.seed, self.sample_offset = draw_seed(generator), sample_offset
         self.s_in = x.new_ones([x.shape[0]])
         self.nfe = 0
@@ -125,17 +125,29 @@ class StepContext:
         return out
 
     def _checked_jvp(self, jv, x: torch.Tensor, step: int, sigma: float) -> torch.Tensor:
-        """With ``check_finite="mean_only"`` a non-finite JVP row is zeroed: J v = 0 makes the covariance
-        term vanish, so that sample takes the mean-only step (DDIM / ancestral). Reported by a warning."""
+        """With ``check_finite="mean_only"`` the JVP rows of a sample with a non-finite JVP are zeroed for the
+        rest of the step (J v = 0: no covariance term, so the sample takes the mean-only step; for Lanczos a
+        later failure truncates that sample's Krylov space at its last finite iteration). Warns once per
+        step and sample; see :meth:`fallback_mask`."""
         if self.mean_only_fallback and isinstance(jv, torch.Tensor) and jv.shape == x.shape:
             bad = ~torch.isfinite(jv.flatten(1)).all(dim=1)
-            if bool(bad.any()):
-                rows = [self.sample_offset + int(b) for b in bad.nonzero().flatten()]
-                self.fallbacks.append((step, sigma, rows))
+            before = self.fallback_mask(step, x)
+            new = bad & ~before
+            if bool(new.any()):
+                rows = [self.sample_offset + int(b) for b in new.nonzero().flatten()]
                 warnings.warn(f"non-finite JVP at step {step}, sigma={sigma:.6g} for samples {rows}: they take "
                               f"the mean-only step there", NonFiniteFallbackWarning, stacklevel=4)
-                jv = torch.where(bad.view(-1, *([1] * (x.dim() - 1))), torch.zeros_like(jv), jv)
+            mask = bad | before
+            self._fallback = (step, mask)
+            if bool(mask.any()):
+                jv = torch.where(mask.view(-1, *([1] * (x.dim() - 1))), torch.zeros_like(jv), jv)
         return self._checked(jv, x, step, sigma, "JVP")
+
+    def fallback_mask(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` bool: samples whose JVP went non-finite in ``step`` (``check_finite="mean_only"``)."""
+        last, mask = self._fallback
+        return mask if last == step and mask is not None else torch.zeros(x.shape[0], dtype=torch.bool,
+                                                                            device=x.device)
 
     def denoise(self, x: torch.Tensor, sigma, step: int) -> torch.Tensor:
         """``D(x, sigma)`` (guided if the run has guidance). ``sigma`` a float or 0-dim tensor.
@@ -190,7 +202,11 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
         if p == 0:
             denoised = mean
         jvps.append(jv)
-    x_s = ctx.ops.structured_step(denoised, x, torch.stack(jvps), ctx.seed, sample_offset=ctx.sample_offset,
+    jvps = torch.stack(jvps)
+    bad = ctx.fallback_mask(step, x)
+    if bool(bad.any()):  # a sample that failed on a later probe drops its earlier probes too: mean-only
+        jvps[:, bad] = 0
+    x_s = ctx.ops.structured_step(denoised, x, jvps, ctx.seed, sample_offset=ctx.sample_offset,
                                   step=step, sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up,
                                   basis=basis, block=block, channel_average=channel_average, c_max=c_max)
     return x_s, denoised

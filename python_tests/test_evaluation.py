@@ -94,8 +94,10 @@ def test_results_are_written_per_cell_and_a_run_resumes(tmp_path):
     untimed = [[{k: v for k, v in c.items() if k != "seconds_per_sample"} for c in cells]
                for cells in (resumed["cells"], state["cells"])]
     assert untimed[0] == untimed[1]  # same seeds: the same numbers
-    # a different configuration starts over instead of mixing results
-    other = evaluate("gmm", **{**SMALL, "num_samples": 16}, out_dir=str(tmp_path), progress=None)
+    # a different configuration never mixes into (or silently replaces) the table
+    with pytest.raises(ValueError, match=r"out_dir.*another configuration.*num_samples"):
+        evaluate("gmm", **{**SMALL, "num_samples": 16}, out_dir=str(tmp_path), progress=None)
+    other = evaluate("gmm", **{**SMALL, "num_samples": 16}, out_dir=str(tmp_path), progress=None, resume=False)
     assert len(other["cells"]) == 6 and other["config"]["num_samples"] == 16
 
 
@@ -106,17 +108,31 @@ def test_bad_grid_arguments_name_the_argument():
         evaluate("gmm", nfes=[1], progress=None)
     with pytest.raises(ValueError, match="model"):
         evaluate("imagenet", progress=None)
+    with pytest.raises(ValueError, match="jvp"):  # only finite differences cost exactly the counted NFE
+        evaluate("gmm", jvp="forward_ad", progress=None)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate("gmm", batch_size=0, progress=None)
+
+
+def test_repeated_grid_entries_run_once_and_options_do_not_relabel():
+    state = evaluate("gmm", samplers=["lanczos/k2", "lanczos/k2"], nfes=[12, 12], num_samples=8, progress=None,
+                     options={"lanczos_steps": 5, "basis": "dct", "cov_sigma_max": math.inf})
+    assert len(state["cells"]) == 1
+    assert state["cells"][0]["nfe"] == ck.sampling.nfe_per_sample(
+        "lanczos", ck.karras_sigmas(state["cells"][0]["steps"], 0.1, 80.0), lanczos_steps=2,
+        cov_sigma_max=math.inf)
 
 
 def test_torchrun_two_gloo_processes_reproduce_one_process(tmp_path):
-    args = ["--model", "gmm", "--samplers", "ddim", "lanczos/k1", "--nfe", "6", "--num-samples", "24",
+    # 12 NFE: lanczos/k1 takes covariance (JVP) steps below sigma = 1
+    args = ["--model", "gmm", "--samplers", "ddim", "lanczos/k1", "--nfe", "12", "--num-samples", "24",
             "--batch-size", "8", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "covkernels", "eval", *args, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    single = evaluate("gmm", samplers=["ddim", "lanczos/k1"], nfes=[6], num_samples=24, batch_size=8,
+    single = evaluate("gmm", samplers=["ddim", "lanczos/k1"], nfes=[12], num_samples=24, batch_size=8,
                       progress=None)
     sharded = json.loads((tmp_path / "two" / "quality_gmm.json").read_text())
     assert len(sharded["cells"]) == 2

@@ -152,3 +152,20 @@ def test_nonfinite_jvp_raises_or_falls_back_to_the_mean_only_step(sampler, opts)
     assert not torch.allclose(healthy[1], mean_only[1])  # ... which differs from the covariance step
     with pytest.raises(ValueError, match="check_finite"):
         run(lambda x, s: 0.5 * x, X, SIG, check_finite="warn", **kw)
+
+
+def test_mean_only_fallback_drops_every_probe_of_the_failing_sample():
+    """diag_hutchinson with 2 probes: sample 1's SECOND probe is non-finite; its first (finite) probe must
+    not be used alone (that would halve its variance): the sample takes the mean-only step."""
+    calls = []
+
+    def model(x, s):
+        calls.append(1)
+        return _nan_tangent_for_sample_1(x, s) if len(calls) % 2 == 0 else 0.5 * x
+
+    kw = dict(disable=True, jvp="forward_ad", eta=0.0, probes=2, **EVERY_STEP)
+    with pytest.warns(ck.NonFiniteFallbackWarning, match=r"samples \[1\]"):
+        out = ck.sample_diag_hutchinson(model, X, SIG, generator=gen(1), check_finite="mean_only", **kw)
+    healthy = ck.sample_diag_hutchinson(lambda x, s: 0.5 * x, X, SIG, generator=gen(1), **kw)
+    torch.testing.assert_close(out[0], healthy[0])
+    torch.testing.assert_close(out[1], ck.sample_ddim(lambda x, s: 0.5 * x, X, SIG, disable=True)[1])

@@ -2,7 +2,7 @@
 
 Data: scikit-learn's 8 x 8 handwritten digits (1797 images, part of the scikit-learn package, so no
 download), upsampled bilinearly to ``1 x 16 x 16`` and scaled to [-1, 1]. ``benchmarks/train_digits.py``
-trains both networks on a CPU in minutes and writes the weight files under ``covkernels/models/weights/``.
+trains both networks in about 25 minutes on one CPU core and writes the weight files under ``covkernels/models/weights/``.
 
 - :func:`digits_denoiser`: EDM-preconditioned :class:`DigitsUNet` (``D(x, sigma)``, k-diffusion convention).
 - :func:`digits_classifier`: a small CNN (10 classes) whose 128-d penultimate activations are the feature
