@@ -1,4 +1,5 @@
-"""Command line: ``covkernels sample`` (image grid + quality figure) and ``covkernels info``."""
+"""Command line: ``covkernels sample`` (image grid + quality figure), ``covkernels eval`` (the quality grid,
+:mod:`covkernels.evaluation`) and ``covkernels info``."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,8 @@ def _sampler_options(args) -> dict:
         opts.update(jvp=args.jvp, backend=args.backend)
         if args.cov_sigma_max is not None:
             opts["cov_sigma_max"] = args.cov_sigma_max
+    elif args.cov_sigma_max is not None:
+        raise SystemExit(f"--cov-sigma-max applies to the covariance samplers, not to {args.sampler!r}")
     return opts
 
 
@@ -177,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"covkernels {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sample", help="sample an analytic model, write a PNG grid, print a quality figure",
+    s = sub.add_parser("sample", help="sample a built-in model (gmm, gaussian, digits), write a PNG grid, print a quality figure",
                        formatter_class=fmt)
     s.add_argument("--model", default="gmm", choices=["gmm", "gaussian", "digits"])
     s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS)

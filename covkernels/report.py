@@ -8,6 +8,7 @@ last row) and ``quality_<model>.png`` (main metric vs NFE, one line per sampler;
 from __future__ import annotations
 
 import csv
+import math
 import os
 
 METRICS = {  # metric -> (title, lower is better)
@@ -73,7 +74,7 @@ def markdown(state: dict, command: str | None = None) -> str:
 
 
 def write_reports(state: dict, out_dir: str, command: str | None = None) -> list[str]:
-    """Write the CSV, Markdown and (with matplotlib) PNG files; return their paths."""
+    """Write the CSV, Markdown and (with matplotlib; else no PNG) files; return their paths."""
     name = state["config"]["model"]
     base = os.path.join(out_dir, f"quality_{name}")
     keys = []
@@ -98,7 +99,6 @@ def plot(state: dict, path: str) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("note: matplotlib is not installed (pip install 'covkernels[plot]'): no PNG plot written")
         return False
     metric = main_metric(state)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -109,9 +109,10 @@ def plot(state: dict, path: str) -> bool:
         style = "-" if label.startswith(("cov_ddim", "lanczos", "diag")) else "--"
         ax.plot([r[n]["nfe"] for n in nfes], [r[n][metric] for n in nfes], style, marker="o", ms=3, label=label,
                 color=colours[(2 * i) % 20 + (2 * i) // 20])
-    values = sorted(c[metric] for r in rows.values() for c in r.values())
+    values = sorted(c[metric] for r in rows.values() for c in r.values() if math.isfinite(c[metric]))
     if values:  # a diverging sampler at its smallest budget would squash every other line: cut at 5x the median
-        floor = (state.get("floor") or {}).get(metric) or values[0]
+        floor = (state.get("floor") or {}).get(metric)
+        floor = values[0] if floor is None or not math.isfinite(floor) else floor
         ax.set_ylim(0.8 * min(values[0], floor), min(values[-1], 5 * values[len(values) // 2]) * 1.25)
     floor = (state.get("floor") or {}).get(metric)
     if floor is not None:

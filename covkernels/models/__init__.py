@@ -15,16 +15,18 @@ from .mixture import GaussianMixture, demo_mixture
 MODELS = ("gmm", "gaussian", "digits")
 
 
-def get_model(name: str, size: int = 32) -> torch.nn.Module:
-    """A named model: analytic ones of ``3 x size x size`` images (``size`` a multiple of 8 for convdct);
-    ``digits`` is always ``1 x 16 x 16`` (``size`` must be 16)."""
+def get_model(name: str, size: int | None = None) -> torch.nn.Module:
+    """A named model: analytic ones of ``3 x size x size`` images (default 32; a multiple of 8 for convdct);
+    ``digits`` is always ``1 x 16 x 16`` (``size`` None or 16)."""
+    if name in ("gmm", "gaussian"):
+        size = 32 if size is None else size
     if name == "gmm":
         return demo_mixture(size)
     if name == "gaussian":
         mean = torch.tensor([0.3, -0.1, -0.4], dtype=torch.float64).view(3, 1, 1).expand(3, size, size)
         return SpectralGaussian(mean, stationary_spectrum(3, size, size, std=0.3, length=3.0), basis="dct")
     if name == "digits":
-        if size not in (16, 32):  # 32: the default of the analytic models, ignored
+        if size not in (None, 16):
             raise ValueError(f"the digits model is 1 x 16 x 16, got size={size}")
         from .digits import digits_denoiser
 
