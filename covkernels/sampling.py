@@ -172,12 +172,6 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
-def check_cov_sigma_max(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isnan(value):
-        raise ValueError(f"cov_sigma_max must be a positive number (float('inf'): every step), got {value!r}")
-    return float(value)
-
-
 def _covariance_loop(ctx, x, sigmas, callback, disable, step_fn, eta=0.0, cov_sigma_max=float("inf")):
     """Shared loop of the covariance-aware samplers: ``step_fn(ctx, x, i, sigma_t, sigma_s)`` on the steps
     with ``sigma_t <= cov_sigma_max``; a plain ancestral step (DDIM mean + ``sigma_up`` isotropic noise,
@@ -227,7 +221,7 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
         raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}; "
                          f"pass channel_average=False for other data")
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
+    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
         c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max),
@@ -244,7 +238,7 @@ def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, dis
     eta = step_lib.check_eta(eta)
     probes = step_lib.check_count(probes, "probes", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
+    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
         c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes),
@@ -262,7 +256,7 @@ def sample_lanczos(model, x, sigmas, extra_args=None, callback=None, disable=Non
     eta = step_lib.check_eta(eta)
     k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
+    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
     ctx = _context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return _covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.lanczos_step(
         c, xx, i, st, ss, eta=eta, lanczos_steps=k, reorthogonalize=bool(reorthogonalize), c_max=c_max),
@@ -280,7 +274,7 @@ def nfe_per_sample(sampler: str, sigmas, *, lanczos_steps: int = 3, probes: int 
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    window = check_cov_sigma_max(COV_SIGMA_MAX if cov_sigma_max is None else cov_sigma_max)
+    window = step_lib.check_cov_sigma_max(COV_SIGMA_MAX if cov_sigma_max is None else cov_sigma_max)
     if isinstance(sigmas, int):
         if sigmas < 1:
             raise ValueError(f"sigmas as a number of steps must be >= 1, got {sigmas}")

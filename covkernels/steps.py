@@ -71,6 +71,12 @@ def check_basis(basis, block, x: torch.Tensor) -> None:
         check_block(x.shape, block)
 
 
+def check_cov_sigma_max(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isnan(value):
+        raise ValueError(f"cov_sigma_max must be a positive number (float('inf'): every step), got {value!r}")
+    return float(value)
+
+
 def check_sample_offset(sample_offset) -> int:
     if isinstance(sample_offset, bool) or not isinstance(sample_offset, int) or sample_offset < 0:
         raise ValueError(f"sample_offset must be a non-negative int, got {sample_offset!r}")
