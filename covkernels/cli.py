@@ -174,6 +174,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_run_options(p: argparse.ArgumentParser, sigma_min: float) -> None:
+    """The options ``sample`` and ``eval`` share: batching, seed, device, schedule, covariance window."""
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--schedule", default="karras", choices=SCHEDULES)
+    p.add_argument("--sigma-min", type=float, default=sigma_min)
+    p.add_argument("--sigma-max", type=float, default=80.0)
+    p.add_argument("--cov-sigma-max", type=float, default=None,
+                   help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covkernels", description="covariance-aware diffusion samplers")
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -189,18 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=64, help="samples shown in the grid")
     s.add_argument("--num-eval", type=int, default=1024,
                    help="samples for the Frechet distance (most of the run time; 0 skips it)")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--schedule", default="karras", choices=SCHEDULES)
-    s.add_argument("--sigma-min", type=float, default=0.002)
-    s.add_argument("--sigma-max", type=float, default=80.0)
+    _add_run_options(s, sigma_min=0.002)
     s.add_argument("--eta", type=float, default=None, help="ancestral noise level (sampler default if unset)")
     s.add_argument("--basis", default="convdct", choices=["identity", "dct", "convdct"], help="cov_ddim basis")
     s.add_argument("--block", type=int, default=8, help="cov_ddim convdct block size")
     s.add_argument("--lanczos-steps", type=int, default=3)
-    s.add_argument("--cov-sigma-max", type=float, default=None,
-                   help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
     s.add_argument("--jvp", default="auto", choices=["auto", "forward_ad", "double_vjp", "finite_difference",
                                                      "central_difference"], help="JVP strategy")
     s.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp", "cuda"],
@@ -216,14 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"grid rows (default: all of {', '.join(VARIANTS)})")
     e.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="NFE budgets")
     e.add_argument("--num-samples", type=int, default=1024, help="samples per cell")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--schedule", default="karras", choices=SCHEDULES)
-    e.add_argument("--sigma-min", type=float, default=0.1)
-    e.add_argument("--sigma-max", type=float, default=80.0)
-    e.add_argument("--cov-sigma-max", type=float, default=None,
-                   help="covariance samplers: plain steps above this sigma (sampler default if unset)")
+    _add_run_options(e, sigma_min=0.1)
     e.add_argument("--rho", type=float, default=7.0, help="Karras schedule exponent")
     e.add_argument("--out", default="eval_results", help="directory for quality_<model>.{json,csv,md,png}")
     e.add_argument("--no-resume", action="store_true", help="start over instead of reusing finished cells")
