@@ -1,45 +1,116 @@
 """Build script. Metadata lives in pyproject.toml; this file only decides which compiled parts to build.
 
-The pure-Python package installs everywhere (no compiler, no CUDA). The compiled extension
-``covkernels._C`` (csrc/) joins through :func:`extensions` once it has sources; until then, and on any
-machine where it cannot be built, the build prints a note and installs the pure-Python package.
-Environment flags (read here, so they work with `pip install --no-build-isolation .`):
-``COVKERNELS_SKIP_CUDA_BUILD=1`` skips the CUDA part; ``COVKERNELS_SKIP_EXTENSION=1`` skips all of it.
+The pure-Python package installs everywhere. The compiled extension ``covkernels._C`` (csrc/, sources
+listed once in csrc/sources.txt) is optional:
+
+* its CPU part builds whenever torch is importable at build time (hence ``--no-build-isolation``) and a
+  C++ compiler is present;
+* its CUDA part builds as well when torch is a CUDA build and nvcc is found (``CUDA_HOME``);
+* when a part cannot be built the build prints a note saying why and goes on: the package then runs on
+  its Triton / pure-PyTorch backends, and ``covkernels info`` repeats the reason.
+
+Environment flags (read here, so they work with ``pip install --no-build-isolation .``):
+
+``COVKERNELS_SKIP_EXTENSION=1``   build nothing compiled (pure-Python install)
+``COVKERNELS_SKIP_CUDA_BUILD=1``  build the CPU part only
+``COVKERNELS_FORCE_CUDA=1``       the CUDA part must build: a missing nvcc / CPU-only torch is an error
+``TORCH_CUDA_ARCH_LIST``          GPU architectures (default below, includes sm_90 for H100/H200)
+``MAX_JOBS``                      parallel compile jobs (ninja), read by torch's BuildExtension
 """
 import os
+import shutil
 import sys
 
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+PARTS = ("cpu", "python", "cuda")
+
+
+def note(message):
+    print(f"covkernels: {message}", file=sys.stderr)
+
+
+def flag(name):
+    return os.environ.get(name, "0") not in ("", "0")
 
 
 def extension_sources():
-    """C++/CUDA sources of covkernels._C (relative paths; CMakeLists.txt reads the same list file)."""
-    listing = os.path.join(HERE, "csrc", "sources.txt")
-    if not os.path.exists(listing):
-        return []
-    with open(listing) as f:
-        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    """``{part: [paths]}`` from csrc/sources.txt (CMakeLists.txt reads the same file)."""
+    parts = {part: [] for part in PARTS}
+    with open(os.path.join(HERE, "csrc", "sources.txt")) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                part, path = line.split()
+                parts[part].append(path)
+    return parts
+
+
+def cuda_reason(torch):
+    """None when the CUDA part can be built, else why not."""
+    if flag("COVKERNELS_SKIP_CUDA_BUILD"):
+        return "COVKERNELS_SKIP_CUDA_BUILD=1"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return "nvcc was not found (set CUDA_HOME)"
+    return None
+
+
+def compiler_reason():
+    cxx = os.environ.get("CXX", "c++").split()[0]
+    return None if shutil.which(cxx) else f"no C++ compiler ({cxx!r} is not on PATH; set CXX)"
 
 
 def extensions():
-    if os.environ.get("COVKERNELS_SKIP_EXTENSION") == "1":
-        print("covkernels: COVKERNELS_SKIP_EXTENSION=1, installing the pure-Python package", file=sys.stderr)
+    if flag("COVKERNELS_SKIP_EXTENSION"):
+        note("COVKERNELS_SKIP_EXTENSION=1: installing the pure-Python package")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError as exc:
+        note(f"torch is not importable at build time ({exc}): installing the pure-Python package. "
+             f"Install torch first and build with --no-build-isolation to get the compiled kernels.")
+        return [], {}
+    why_not = compiler_reason()
+    if why_not:
+        note(f"{why_not}: installing the pure-Python package (no compiled kernels)")
         return [], {}
     sources = extension_sources()
-    if not sources:
-        print("covkernels: no compiled sources in this version, installing the pure-Python package",
-              file=sys.stderr)
-        return [], {}
-    try:  # needs torch in the build environment: hence --no-build-isolation
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
-    except ImportError as exc:
-        print(f"covkernels: torch is not importable at build time ({exc}); installing the pure-Python "
-              f"package. Install torch first and build with --no-build-isolation.", file=sys.stderr)
-        return [], {}
-    cpp = [s for s in sources if s.endswith(".cpp")]
-    return [CppExtension("covkernels._C", cpp)], {"build_ext": BuildExtension}
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3", "-std=c++17", *openmp]
+    kwargs = dict(include_dirs=[os.path.join(HERE, "csrc", "include")], extra_link_args=openmp)
+    cuda_why_not = cuda_reason(torch)
+    if cuda_why_not is None:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        note(f"building the CPU and CUDA parts (TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
+        ext = CUDAExtension("covkernels._C", sources["cpu"] + sources["python"] + sources["cuda"],
+                            define_macros=[("COVKERNELS_WITH_CUDA", None)],
+                            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]}, **kwargs)
+    else:
+        if flag("COVKERNELS_FORCE_CUDA") and not flag("COVKERNELS_SKIP_CUDA_BUILD"):
+            sys.exit(f"covkernels: COVKERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {cuda_why_not}")
+        note(f"building the CPU part only ({cuda_why_not})")
+        ext = CppExtension("covkernels._C", sources["cpu"] + sources["python"],
+                           extra_compile_args={"cxx": cxx_flags}, **kwargs)
+
+    class OptionalBuild(BuildExtension):
+        """A failed compile leaves a pure-Python install with a note (unless the CUDA part was forced)."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # noqa: BLE001 - any compiler/toolchain failure
+                if flag("COVKERNELS_FORCE_CUDA"):
+                    raise
+                note(f"building covkernels._C failed ({exc}); installing the pure-Python package. "
+                     f"`covkernels info` shows the backends available; see the README to rebuild.")
+
+    return [ext], {"build_ext": OptionalBuild}
 
 
 ext_modules, cmdclass = extensions()

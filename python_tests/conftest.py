@@ -52,6 +52,15 @@ def expected_cov_error(d: int, n: int) -> float:
     return math.sqrt(d * (d + 1) / n)
 
 
+def sampler_normal(seed, shape, **kw):
+    """The Gaussian stream the samplers draw on this machine (the ``auto`` backend's). Hand-computed
+    expectations use it: a compiled backend computes float64 runs natively, and its float32 noise differs
+    from the reference's by the 1-ulp differences of libm's and torch's float32 log/cos."""
+    from covkernels.ops import dispatch
+
+    return dispatch.resolve("auto", kw.get("device") or "cpu").normal(seed, shape, **kw)
+
+
 @pytest.fixture
 def generator():
     return gen(1234)

@@ -123,14 +123,15 @@ def test_churn_adds_noise_from_the_generator(x0):
 
 def test_addim_adds_isotropic_x0_variance(x0):
     """aDDIM = DDIM mean + sqrt((sigma_t - sigma_s)^2 sd^2 / (sigma_t^2 + sd^2)) xi with the run's noise."""
-    from covkernels.ops.rng.reference import STREAM_NOISE, philox_normal
+    from conftest import sampler_normal
+    from covkernels.ops.rng.reference import STREAM_NOISE
     from covkernels.steps import draw_seed
 
     sig = SIGMAS[[0, 1, -1]]
     got = ck.sample_addim(Linear(), x0, sig, disable=True, generator=gen(4), sigma_data=0.7)
     seed = draw_seed(gen(4))
     s0, s1 = float(sig[0]), float(sig[1])
-    xi = philox_normal(seed, x0.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
+    xi = sampler_normal(seed, x0.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
     den = lin(x0, s0)
     x = den + (s1 / s0) * (x0 - den) + math.sqrt((s0 - s1) ** 2 * 0.49 / (s0 ** 2 + 0.49)) * xi
     torch.testing.assert_close(got, lin(x, s1), rtol=1e-12, atol=1e-12)

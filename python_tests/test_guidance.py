@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import EVERY_STEP, gen
+from conftest import EVERY_STEP, gen, sampler_normal
 from covkernels.guidance import Guidance, cfg_denoiser
 from covkernels.ops.dct.reference import block_idct2
-from covkernels.ops.rng.reference import STREAM_NOISE, philox_normal
+from covkernels.ops.rng.reference import STREAM_NOISE
 from covkernels.steps import draw_seed
 
 SHIFTS = torch.tensor([0.5, -0.25, 0.0], dtype=torch.float64)  # per label; label 2 is the "null" label
@@ -52,7 +52,7 @@ def expected_cov_ddim(x, labels, seed, eta=0.0):
     d_g = (1 - W) * lin(x, s0, 0.0) + W * lin(x, s0, shift_c)  # uncond shift is 0
     m = d_g + (down / s0) * (x - d_g)
     a = 1 / (1 + s0 ** 2)  # exact diagonal of J in any basis
-    xi = philox_normal(seed, x.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
+    xi = sampler_normal(seed, x.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
     x1 = m + block_idct2(math.sqrt(up ** 2 + (s0 - down) ** 2 * a) * xi, 4)
     d1 = (1 - W) * lin(x1, s1, 0.0) + W * lin(x1, s1, shift_c)
     return d1
@@ -101,7 +101,7 @@ def test_guided_lanczos_equals_hand_computed_update(setup):
     down = math.sqrt(s1 ** 2 - up ** 2)
     shift_c = SHIFTS[extra["labels"]].view(-1, 1, 1, 1)
     d_g = (1 - W) * lin(x, s0, 0.0) + W * lin(x, s0, shift_c)
-    xi = philox_normal(draw_seed(gen(2)), x.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
+    xi = sampler_normal(draw_seed(gen(2)), x.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
     x1 = d_g + (down / s0) * (x - d_g) + math.sqrt(up ** 2 + (s0 - down) ** 2 / (1 + s0 ** 2)) * xi
     torch.testing.assert_close(got, (1 - W) * lin(x1, s1, 0.0) + W * lin(x1, s1, shift_c))
 

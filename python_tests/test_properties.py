@@ -51,9 +51,12 @@ def images(draw, max_side=64):
     return x.to(DEVICE, dtype), block, seed
 
 
-def _close(got, ref, dtype):
+def _close(got, ref, dtype, float32_noise=False):
+    """float64 results agree to 1e-10, except where they carry the Gaussian stream, which is float32 by
+    design: a backend computing float64 natively (cpp) then differs by the 1-ulp differences of float32
+    log/cos between libm and torch's vectorised math (~1e-7 of the noise)."""
     assert got.dtype == ref.dtype and got.shape == ref.shape
-    tol = 1e-10 if dtype == torch.float64 else 3e-5
+    tol = (1e-6 if float32_noise else 1e-10) if dtype == torch.float64 else 3e-5
     torch.testing.assert_close(got.double(), ref.double(), rtol=tol, atol=tol)
 
 
@@ -90,7 +93,7 @@ def test_probe_and_structured_step(ops, data, probes, basis, channel_average, c_
     step = dict(sample_offset=seed % 1000, step=seed % 7, sigma_t=2.0, sigma_down=1.0, sigma_up=0.8 * eta_up,
                 basis=basis, block=block, channel_average=channel_average, c_max=c_max)
     _close(ops.structured_step(denoised, x, jvps, seed, **step), ref.structured_step(denoised, x, jvps, seed, **step),
-           x.dtype)
+           x.dtype, float32_noise=True)
 
 
 @pytest.mark.parametrize("ops", BACKENDS, ids=lambda o: o.name)

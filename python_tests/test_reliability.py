@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import EVERY_STEP, gen
+from conftest import EVERY_STEP, gen, sampler_normal
 from covkernels.ops.dct.reference import block_idct2
-from covkernels.ops.rng.reference import STREAM_NOISE, philox_normal
+from covkernels.ops.rng.reference import STREAM_NOISE
 from covkernels.steps import draw_seed
 
 SIG = torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
@@ -22,7 +22,7 @@ def expected_one_step(model, seed, c, eta):
     up = min(s1, eta * math.sqrt(s1 ** 2 * (s0 ** 2 - s1 ** 2) / s0 ** 2)) if eta else 0.0
     down = math.sqrt(s1 ** 2 - up ** 2)
     d = model(X, torch.full((2,), s0, dtype=torch.float64))
-    xi = philox_normal(seed, X.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
+    xi = sampler_normal(seed, X.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)
     return d + (down / s0) * (X - d), math.sqrt(up ** 2 + (s0 - down) ** 2 * c), xi
 
 

@@ -61,8 +61,10 @@ def _probe(name: str) -> tuple[Backend | None, str]:
                                        f"CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
         except ImportError as exc:
             return None, f"Triton is not importable ({exc}); `pip install triton` on a CUDA machine"
-    if name in ("cpp", "cuda"):
-        return None, "the compiled extension covkernels._C is not part of this version of covkernels yet"
+    if name == "cpp":
+        return _cpp_backend()
+    if name == "cuda":
+        return None, _cuda_reason()
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
@@ -78,6 +80,44 @@ def _triton_backend() -> Backend:
     from .rng import triton as rng_tr
 
     return _from_modules("triton", rng_tr, dct_tr, noise_tr, lanczos_tr)
+
+
+def extension_status() -> tuple[object | None, str]:
+    """``(covkernels._C or None, what was built / why it cannot be loaded)``."""
+    try:
+        from .. import _C
+    except ImportError as exc:
+        return None, (f"covkernels._C is not built or does not load ({exc}). Rebuild from the source tree with "
+                      f"`pip install --no-build-isolation .` (torch installed first, a C++ compiler on PATH); "
+                      f"the build prints why it skipped a part")
+    info = _C.build_info()
+    parts = "CPU kernels" + (" with OpenMP" if info["openmp"] else " (single-threaded: built without OpenMP)")
+    parts += ", CUDA guided-step executor" if info["cuda"] else ", no CUDA part"
+    return _C, f"covkernels._C loaded ({parts}; built against torch {info['torch']})"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpp_backend() -> tuple[Backend | None, str]:
+    ext, why = extension_status()
+    if ext is None:
+        return None, why
+    from .dct import cpp as dct_cpp
+    from .lanczos import cpp as lanczos_cpp
+    from .noise import cpp as noise_cpp
+    from .rng import cpp as rng_cpp
+
+    return _from_modules("cpp", rng_cpp, dct_cpp, noise_cpp, lanczos_cpp), f"fused C++ kernels on CPU tensors: {why}"
+
+
+def _cuda_reason() -> str:
+    # CUDA versions of the fused ops join only where a measurement shows them faster than the Triton
+    # kernels; none has been measured yet, so Triton is the GPU path of every op.
+    ext, why = extension_status()
+    built = ext is not None and ext.build_info()["cuda"]
+    return ("no CUDA op kernels in this version: the Triton kernels are the GPU path of every op (a CUDA twin "
+            "joins only where measured faster). The extension's CUDA part is the guided-step executor: "
+            + ("built" if built else "not built" + ("" if ext is None else " (torch or nvcc without CUDA at build "
+                                                                            "time)")))
 
 
 def _device_ok(name: str, device: torch.device, explicit: bool = True) -> tuple[bool, str]:

@@ -75,15 +75,20 @@ def _key(seed: int) -> tuple[int, int]:
     return seed & _MASK32, seed >> 32
 
 
+def check_counter_range(shape: tuple, sample_offset: int) -> None:
+    """Raise a ValueError unless every counter of a ``shape = (B, ...)`` draw fits its 32-bit word."""
+    if len(shape) < 1:
+        raise ValueError(f"shape must have a batch dimension, got {shape}")
+    if math.prod(shape[1:]) >= 2 ** 32 or sample_offset + shape[0] >= 2 ** 32:
+        raise ValueError("sample size and sample index must stay below 2**32 (the counter word range)")
+
+
 def _generate(seed: int, shape, sample_offset: int, step: int, stream: int, device, transform) -> torch.Tensor:
     """float32 tensor of ``shape = (B, ...)``: ``transform(philox words)`` at counters
     ``(flat index within the sample, sample_offset + b, step, stream)``."""
     shape = tuple(shape)
-    if len(shape) < 1:
-        raise ValueError(f"shape must have a batch dimension, got {shape}")
+    check_counter_range(shape, sample_offset)
     per_sample, total = math.prod(shape[1:]), math.prod(shape)
-    if per_sample >= 2 ** 32 or sample_offset + shape[0] >= 2 ** 32:
-        raise ValueError("sample size and sample index must stay below 2**32 (the counter word range)")
     device = torch.device("cpu") if device is None else torch.device(device)
     out = torch.empty(total, dtype=torch.float32, device=device)
     # On the CPU, chunks of 64K elements keep the ~10 live int64 temporaries in cache (about 4x faster

@@ -1,0 +1,37 @@
+"""Compiled-CPU twin of :mod:`covkernels.ops.lanczos.reference` (``covkernels._C``, csrc/lanczos/).
+
+One iteration is at most four fused passes over each sample (dots; residual with the second sweep's
+projections; second residual with the norm; normalisation); partial sums are reduced in a fixed order, so
+results repeat bit for bit whatever the thread count. The k x k eigendecomposition stays in torch.
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import _C
+from ..common import alloc, contiguous
+from ..noise.reference import work_dtype
+from . import reference as ref
+
+krylov_sqrt_e1 = ref.krylov_sqrt_e1  # a batched k x k eigh: stays in torch
+
+
+def lanczos_update(aq: torch.Tensor, basis: torch.Tensor, j: int, *, reorthogonalize: bool = True):
+    """Compiled twin of :func:`covkernels.ops.lanczos.reference.lanczos_update`."""
+    if not basis.is_contiguous():
+        raise ValueError("basis must be a contiguous (k, B, ...) tensor")
+    tol = ref.breakdown_tolerance(aq.dtype)
+    h, beta = _C.lanczos_update(contiguous(aq.to(basis.dtype)), basis, j, bool(reorthogonalize), tol,
+                                torch.finfo(basis.dtype).tiny)
+    return h, beta
+
+
+def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down):
+    """Compiled twin of :func:`covkernels.ops.lanczos.reference.lanczos_synthesis` (one pass)."""
+    wd = work_dtype(x_t.dtype)
+    x = contiguous(x_t)
+    d = contiguous(denoised.to(x.dtype))
+    coef = contiguous(g.to(wd) * xi_norm.to(wd).unsqueeze(-1))
+    out = alloc(x.shape, x.dtype, x.device)
+    _C.lanczos_synthesis(d, x, contiguous(basis.to(wd)), coef, out, sigma_down / sigma_t)
+    return out

@@ -1,0 +1,28 @@
+"""Compiled-CPU twin of :mod:`covkernels.ops.rng.reference` (``covkernels._C``, csrc/rng/).
+
+The same Philox4x32-10 counters and float transforms (csrc/include/covkernels/philox.h): integer words
+bit-exact, floats equal up to the rounding of ``log``/``cos``. Importing this module imports the extension;
+:mod:`covkernels.ops.dispatch` does so on demand and reports why it failed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ... import _C
+from ..common import alloc
+from .reference import STREAM_NOISE, check_counter_range
+
+SEED_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def philox_normal(seed: int, shape, *, sample_offset: int = 0, step: int = 0, stream: int = STREAM_NOISE,
+                  dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Compiled twin of :func:`covkernels.ops.rng.reference.philox_normal` (float32 math, cast on store)."""
+    shape = tuple(shape)
+    check_counter_range(shape, sample_offset)
+    out = alloc(shape, dtype or torch.float32, device or "cpu")
+    if math.prod(shape):
+        _C.philox_normal(out, int(seed) & SEED_MASK, sample_offset, step, stream)
+    return out
