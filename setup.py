@@ -82,7 +82,7 @@ def extensions():
         return [], {}
     sources = extension_sources()
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx_flags = ["-O3", "-std=c++17", *openmp]
+    cxx_flags = ["-O3", *openmp]  # the C++ standard is the one torch asks for
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc", "include")], extra_link_args=openmp)
     cuda_why_not = cuda_reason(torch)
     if cuda_why_not is None:
@@ -90,7 +90,7 @@ def extensions():
         note(f"building the CPU and CUDA parts (TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
         ext = CUDAExtension("covkernels._C", sources["cpu"] + sources["python"] + sources["cuda"],
                             define_macros=[("COVKERNELS_WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]}, **kwargs)
+                            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, **kwargs)
     else:
         if flag("COVKERNELS_FORCE_CUDA") and not flag("COVKERNELS_SKIP_CUDA_BUILD"):
             sys.exit(f"covkernels: COVKERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {cuda_why_not}")

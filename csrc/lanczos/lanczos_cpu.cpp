@@ -5,7 +5,7 @@
 //      projections <q_i, w> are accumulated in the same pass, else |w|^2
 //   3. (reorthogonalisation) w -= sum_i h2_i q_i and |w|^2
 //   4. w *= 1 / beta (0 where the Krylov space is invariant)
-// Per-chunk partial sums (double) are reduced in chunk order, so results do not depend on the thread
+// Per-chunk partial sums are reduced in double, in chunk order, so results do not depend on the thread
 // count and repeat bit for bit.
 #include "covkernels/cpu_common.h"
 #include "covkernels/cpu_ops.h"
@@ -14,15 +14,18 @@ namespace covkernels {
 
 namespace {
 
-constexpr int64_t kChunk = 8192;
+constexpr int64_t kChunk = 4096;
 
 // Runs body(b, begin, end, partial) for every (sample, chunk); partial points at that chunk's `width`
-// doubles. Returns the per-sample sums (B x width) reduced in chunk order.
+// doubles. Returns the per-sample sums (B x width) reduced in chunk order. With at least as many samples
+// as threads a thread takes whole samples (a sample's rows stay in its cache from one pass to the next),
+// else the chunks of a sample are shared out.
 template <typename Body>
 std::vector<double> chunked_sums(int64_t bsz, int64_t n, int64_t width, const Body& body) {
   const int64_t chunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
   std::vector<double> partial(static_cast<size_t>(bsz * chunks * width), 0.0);
-  at::parallel_for(0, bsz * chunks, 1, [&](int64_t first, int64_t last) {
+  const int64_t grain = bsz >= at::get_num_threads() ? chunks : 1;
+  at::parallel_for(0, bsz * chunks, grain, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item / chunks, begin = (item % chunks) * kChunk;
       body(b, begin, std::min(n, begin + kChunk), partial.data() + item * width);
@@ -33,6 +36,16 @@ std::vector<double> chunked_sums(int64_t bsz, int64_t n, int64_t width, const Bo
     for (int64_t c = 0; c < chunks; ++c)
       for (int64_t i = 0; i < width; ++i) sums[b * width + i] += partial[(b * chunks + c) * width + i];
   return sums;
+}
+
+// Vectorised partial dot product: the simd reduction lets the compiler keep one accumulator per lane
+// (a fixed association, so still deterministic); chunk sums are combined in double.
+template <typename T>
+double dot(const T* a, const T* b, int64_t lo, int64_t hi) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t e = lo; e < hi; ++e) acc += a[e] * b[e];
+  return static_cast<double>(acc);
 }
 
 template <typename T>
@@ -57,15 +70,8 @@ std::tuple<at::Tensor, at::Tensor> lanczos_update_impl(const at::Tensor& aq, at:
   // pass 1: projections and the scale
   const std::vector<double> h1 = chunked_sums(bsz, n, rows + 1, [&](int64_t b, int64_t lo, int64_t hi, double* s) {
     const T* ab = a + b * n;
-    for (int64_t i = 0; i < rows; ++i) {
-      const T* qi = row(i, b);
-      double acc = 0;
-      for (int64_t e = lo; e < hi; ++e) acc += static_cast<double>(qi[e] * ab[e]);
-      s[i] = acc;
-    }
-    double acc = 0;
-    for (int64_t e = lo; e < hi; ++e) acc += static_cast<double>(ab[e] * ab[e]);
-    s[rows] = acc;
+    for (int64_t i = 0; i < rows; ++i) s[i] = dot(row(i, b), ab, lo, hi);
+    s[rows] = dot(ab, ab, lo, hi);
   });
 
   // pass 2 (+3): residual, written into w
@@ -80,16 +86,9 @@ std::tuple<at::Tensor, at::Tensor> lanczos_update_impl(const at::Tensor& aq, at:
         for (int64_t e = lo; e < hi; ++e) wb[e] -= c * qi[e];
       }
       if (project) {
-        for (int64_t i = 0; i < rows; ++i) {
-          const T* qi = row(i, b);
-          double acc = 0;
-          for (int64_t e = lo; e < hi; ++e) acc += static_cast<double>(qi[e] * wb[e]);
-          s[i] = acc;
-        }
+        for (int64_t i = 0; i < rows; ++i) s[i] = dot(row(i, b), wb, lo, hi);
       } else {
-        double acc = 0;
-        for (int64_t e = lo; e < hi; ++e) acc += static_cast<double>(wb[e] * wb[e]);
-        s[0] = acc;
+        s[0] = dot(wb, wb, lo, hi);
       }
     });
   };
