@@ -109,7 +109,8 @@ def cmd_eval(args) -> int:
 
 def info_dict() -> dict:
     from .jvp import STRATEGIES, auto_choices
-    from .ops.dispatch import backend_status
+    from .executor import cuda_extension
+    from .ops.dispatch import backend_status, extension_status
 
     try:
         import triton
@@ -126,6 +127,9 @@ def info_dict() -> dict:
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
         "cpu_threads": torch.get_num_threads(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "extension": extension_status()[1],
+        "guided_step_executor": ("compiled (covkernels._C, CUDA streams + events)" if cuda_extension() is not None
+                                 else "Python (torch.cuda streams + events; the compiled one needs the CUDA part)"),
         "backends": {name: {"available": ok, "why": why} for name, (ok, why) in backend_status().items()},
         "jvp_strategies": list(STRATEGIES),
         "jvp_auto_choices": [{"model": m, "signature": [list(c.signature[0]), str(c.signature[1]), c.signature[2]],
@@ -143,6 +147,8 @@ def print_info(info: dict | None = None, file=None) -> None:
           f"(CUDA build: {info['torch_cuda'] or 'no'}) | triton {info['triton'] or 'not installed'}", file=out)
     print(f"devices: cpu ({info['cpu_threads']} threads)"
           + "".join(f", cuda:{i} {n}" for i, n in enumerate(info["cuda_devices"])), file=out)
+    print(f"extension: {info['extension']}", file=out)
+    print(f"guided-step executor on CUDA: {info['guided_step_executor']}", file=out)
     print("backends (auto order: cuda -> triton -> cpp -> reference):", file=out)
     for name, b in info["backends"].items():
         print(f"  {name:<10} {'available' if b['available'] else 'unavailable':<12} {b['why']}", file=out)

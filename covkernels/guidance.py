@@ -13,8 +13,9 @@ Execution, fastest first:
 * finite-difference JVPs with one model whose cond/uncond ``extra_args`` can be batched together: ONE
   model call on ``[x, x + h v, x]`` (cond, cond, uncond) - tripled batch, every fused kernel kept;
 * otherwise on CUDA the unconditional forward runs on a side stream, concurrently with the conditional
-  JVP on the current stream (stream ordering through ``wait_stream``, and ``record_stream`` on every
-  tensor handed across so the caching allocator never recycles memory still in use on the other stream);
+  JVP on the current stream (events both ways, and ``record_stream`` on every tensor handed across so the
+  caching allocator never recycles memory still in use on the other stream): the compiled executor of
+  ``covkernels._C`` when built with CUDA, else the same protocol in Python (:mod:`covkernels.executor`);
 * otherwise (CPU) one after the other.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Callable
 import torch
 
 from . import jvp as jvp_engine
+from .executor import run_concurrently
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,41 +88,6 @@ def pairable(cond: dict, uncond: dict, batch: int) -> bool:
 def paired_extra(cond: dict, uncond: dict, batch: int, cond_copies: int) -> dict:
     """``extra_args`` for a batch of ``cond_copies`` conditional blocks followed by one unconditional block."""
     return {k: torch.cat([a] * cond_copies + [uncond[k]]) if _per_sample(a, batch) else a for k, a in cond.items()}
-
-
-_side_streams: dict = {}
-
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
-def run_concurrently(device: torch.device, main_fn, side_fn, side_inputs, enabled: bool = True):
-    """``(main_fn(), side_fn())``; on CUDA ``side_fn`` runs on a side stream overlapping ``main_fn``."""
-    if device.type != "cuda" or not enabled:
-        return main_fn(), side_fn()
-    main = torch.cuda.current_stream(device)
-    side = _side_streams.get(device.index)
-    if side is None:
-        side = _side_streams[device.index] = torch.cuda.Stream(device)
-    side.wait_stream(main)  # the side stream must see inputs produced on the main stream
-    with torch.cuda.stream(side):
-        side_out = side_fn()
-    main_out = main_fn()
-    main.wait_stream(side)
-    for t in _tensors(side_inputs):  # allocated on main, read on side
-        if t.is_cuda:
-            t.record_stream(side)
-    for t in _tensors(side_out):  # allocated on side, read on main from now on
-        t.record_stream(main)
-    return main_out, side_out
 
 
 class GuidedModel:

@@ -209,9 +209,10 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
             denoised = mean
         jvps.append(jv)
     jvps = torch.stack(jvps)
-    bad = ctx.fallback_mask(step, x)
-    if bool(bad.any()):  # a sample that failed on a later probe drops its earlier probes too: mean-only
-        jvps[:, bad] = 0
+    if ctx.mean_only_fallback:  # (no device sync otherwise: a step without it can be graph-captured)
+        bad = ctx.fallback_mask(step, x)
+        if bool(bad.any()):  # a sample that failed on a later probe drops its earlier probes too: mean-only
+            jvps[:, bad] = 0
     x_s = ctx.ops.structured_step(denoised, x, jvps, ctx.seed, sample_offset=ctx.sample_offset,
                                   step=step, sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up,
                                   basis=basis, block=block, channel_average=channel_average, c_max=c_max)

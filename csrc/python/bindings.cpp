@@ -1,5 +1,6 @@
 // Python bindings of covkernels._C. The kernels take caller-allocated outputs (the Python wrappers in
 // covkernels/ops/<op>/cpp.py allocate and NaN-poison them) and release the GIL while they run.
+#include <pybind11/functional.h>
 #include <torch/extension.h>
 
 #include "covkernels/cpu_ops.h"
@@ -59,6 +60,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     lanczos_synthesis_out(denoised, x_t, basis, coef, out, ratio);
   }, nogil);
 #ifdef COVKERNELS_WITH_CUDA
-  bind_cuda_executor(m);
+  // The callables run with the GIL held (pybind11 wraps them in std::function).
+  m.def("run_concurrently", &cuda::run_concurrently, py::arg("main_fn"), py::arg("side_fn"), py::arg("side_inputs"),
+        "(main_fn(), side_fn()) with side_fn on a side stream: events both ways, record_stream on crossings");
+  py::class_<cuda::GraphedCall>(m, "GraphedCall")
+      .def(py::init<const cuda::Thunk&, int64_t>(), py::arg("fn"), py::arg("warmup") = 2)
+      .def("replay", &cuda::GraphedCall::replay)
+      .def_property_readonly("outputs", &cuda::GraphedCall::outputs);
 #endif
 }

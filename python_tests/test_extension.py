@@ -1,0 +1,132 @@
+"""The compiled extension covkernels._C: what the install built, and what the op suite cannot see.
+
+The op-by-op and whole-sampler comparisons with the reference run against the ``cpp`` backend in
+test_backends.py and test_properties.py (every available backend is parametrised there). Here: the
+build itself, ``auto`` choosing the compiled kernels, thread-count independence, the C++ argument
+checks, and the CUDA executor (tests marked ``cuda`` need a GPU and the extension's CUDA part).
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import covkernels as ck
+from conftest import gen
+from covkernels import executor
+from covkernels.ops import dispatch
+
+COMPILER = shutil.which("c++") or shutil.which("g++")
+needs_ext = pytest.mark.skipif(dispatch.extension_status()[0] is None, reason="covkernels._C is not built here")
+needs_cuda_ext = pytest.mark.skipif(not torch.cuda.is_available() or executor.cuda_extension() is None,
+                                    reason="needs a GPU and covkernels._C built with its CUDA part")
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler: the install is pure Python by design")
+def test_install_built_the_extension_where_a_compiler_exists():
+    """The README install (CI runs it from a clean clone) must have built covkernels._C here."""
+    ext, why = dispatch.extension_status()
+    assert ext is not None, why
+    info = ext.build_info()
+    assert info["openmp"] and info["torch"] == torch.__version__.split("+")[0]
+    assert dispatch.resolve("auto", "cpu").name == "cpp"
+    assert dispatch.backend_status()["cpp"][0]
+
+
+def test_info_reports_the_extension(capsys):
+    ck.info()
+    out = capsys.readouterr().out
+    assert "extension: covkernels._C" in out and "cpp " in out
+    if dispatch.extension_status()[0] is None:
+        assert "pip install --no-build-isolation" in out  # how to rebuild
+
+
+@needs_ext
+def test_results_do_not_depend_on_the_thread_count():
+    cpp = dispatch.resolve("cpp", "cpu")
+    shape = (3, 3, 32, 32)
+    d, x, jv = (torch.randn(shape, generator=gen(i)) for i in range(3))
+    basis = torch.nn.functional.normalize(torch.randn(3, 3, 3 * 32 * 32, generator=gen(4)), dim=2).contiguous()
+    aq = torch.randn(3, 3 * 32 * 32, generator=gen(5))
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            b = basis.clone()
+            step = cpp.structured_step(d, x, jv[None], 9, sample_offset=0, step=1, sigma_t=2.0, sigma_down=1.0,
+                                       sigma_up=0.5, basis="convdct", block=8)
+            h, beta = cpp.lanczos_update(aq, b, 1)
+            runs.append((step, h, beta, b))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_ext
+def test_compiled_checks_reach_python_as_errors():
+    from covkernels import _C
+
+    x = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(RuntimeError, match="out must have shape"):
+        _C.block_dct2(x, torch.zeros(1, 1, 8, 4), 8, False)
+    with pytest.raises(RuntimeError, match="must be a CPU tensor"):
+        _C.block_dct2(x.to("meta"), torch.zeros(1, 1, 8, 8), 8, False)
+    with pytest.raises(ValueError, match="contiguous"):
+        dispatch.resolve("cpp", "cpu").lanczos_update(torch.zeros(2, 4), torch.zeros(4, 3, 2).transpose(1, 2), 0)
+
+
+def test_run_concurrently_on_cpu_is_sequential():
+    order = []
+    out = executor.run_concurrently(torch.device("cpu"), lambda: order.append("main") or (1, 2),
+                                    lambda: order.append("side") or 3, ())
+    assert out == ((1, 2), 3) and order == ["main", "side"]
+
+
+@pytest.mark.skipif(executor.cuda_extension() is not None, reason="the extension has its CUDA part")
+def test_graph_capture_without_the_cuda_part_says_why():
+    with pytest.raises(RuntimeError, match="needs covkernels._C built with its CUDA part"):
+        executor.CapturedStep(lambda x: x, torch.zeros(1))
+
+
+def _guided_setup():
+    from covkernels.guidance import Guidance, GuidedModel
+    from covkernels.models.unet import random_diffusers_unet
+
+    model = random_diffusers_unet(size=16, channels=(32, 64), num_classes=4).cuda()
+    x = torch.randn(2, 3, 16, 16, generator=gen(1)).cuda()
+    labels = torch.tensor([1, 2]).cuda()
+    sigma = torch.full((2,), 2.0).cuda()
+    v = torch.randn(2, 3, 16, 16, generator=gen(2)).cuda()
+    pair = lambda concurrent: GuidedModel(model, {"class_labels": labels},  # noqa: E731
+                                          Guidance(3.0, uncond_args={"class_labels": labels * 0}, concurrent=concurrent))
+    return pair, x, sigma, v
+
+
+@pytest.mark.cuda
+@needs_cuda_ext
+def test_guided_step_on_two_streams_equals_sequential():
+    pair, x, sigma, v = _guided_setup()
+    concurrent = pair(True).jvp(x, sigma, v, "forward_ad")
+    sequential = pair(False).jvp(x, sigma, v, "forward_ad")
+    torch.cuda.synchronize()
+    for a, b in zip(concurrent, sequential):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_cuda_ext
+def test_graph_replay_equals_eager():
+    from covkernels.models import get_model
+
+    model = get_model("gaussian", size=16).cuda()
+    x = torch.randn(4, 3, 16, 16, generator=gen(3)).cuda() * 5
+    step_fn = executor.cov_ddim_step_fn(model, x, 5.0, 2.0, step=3, generator=gen(4))
+    captured = executor.CapturedStep(step_fn, x)
+    for seed in (5, 6):
+        new_x = torch.randn(4, 3, 16, 16, generator=gen(seed)).cuda() * 5
+        replayed = [t.clone() for t in captured(new_x)]
+        eager = step_fn(new_x)
+        for a, b in zip(replayed, eager):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
