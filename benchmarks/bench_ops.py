@@ -8,7 +8,7 @@ bfloat16 storage, batch COVKERNELS_BENCH_BATCH (default 8). Each case times one 
 synchronisation; ``extra_info`` carries the bytes the op must move, the achieved GB/s, the device and the
 versions, and the ``copy`` case measures a device-to-device copy of the same bytes, so every figure can be
 read as a fraction of copy bandwidth measured in the same run. Triton runs on CUDA only (the CPU
-interpreter is a correctness tool, not a speed one).
+interpreter is a correctness tool, not a speed one); the compiled kernels (cpp) on CPU tensors.
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ SIZES = [int(s) for s in os.environ.get("COVKERNELS_BENCH_SIZES", "64,128,256,51
 BATCH = int(os.environ.get("COVKERNELS_BENCH_BATCH", "8"))
 DTYPES = ["float32", "bfloat16"]  # names: pytest-benchmark serialises params as JSON
 BACKENDS = ["reference"] + (["triton"] if DEVICE.type == "cuda" else [])
+if DEVICE.type == "cpu" and dispatch.backend_status()["cpp"][0]:
+    BACKENDS.append("cpp")  # the compiled CPU kernels
 ENV = environment(DEVICE)
 
 

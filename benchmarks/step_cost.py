@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         t_fwd = median_seconds(lambda: model(x, sigma, class_labels=labels), device)
     rows = {"forward_s": t_fwd}
-    backends = ["reference"] + (["triton"] if device.type == "cuda" else [])
+    backends = ["reference"] + (["triton"] if device.type == "cuda" else
+                                ["cpp"] if dispatch.backend_status()["cpp"][0] else [])
     for name in backends:
         ops = dispatch.resolve(name, device)
 
