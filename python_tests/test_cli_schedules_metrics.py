@@ -54,8 +54,9 @@ def test_cli_batch_size_does_not_change_samples(tmp_path):
     assert torch.equal(read_png(a), read_png(b))
 
 
-def test_cli_info_and_module_entry_point():
-    out = subprocess.run([sys.executable, "-m", "covkernels", "info"], capture_output=True, text=True, check=True).stdout
+def test_cli_info_and_module_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "covkernels", "info"], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout  # cwd: import the installed package, not the source tree
     assert "reference  available" in out
     for name in ("triton", "cpp", "cuda"):
         assert f"{name} " in out

@@ -130,7 +130,7 @@ def test_torchrun_two_gloo_processes_reproduce_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "covkernels", "eval", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # the installed package
     assert run.returncode == 0, run.stderr[-3000:]
     single = evaluate("gmm", samplers=["ddim", "lanczos/k1"], nfes=[12], num_samples=24, batch_size=8,
                       progress=None)
