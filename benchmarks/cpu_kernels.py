@@ -29,7 +29,7 @@ def cases(ops, shape):
     g = torch.Generator().manual_seed(0)
     d, x, jv = (torch.randn(shape, generator=g) for _ in range(3))
     aqs = [torch.randn(shape, generator=g) for _ in range(3)]
-    b, k = shape[0], 3
+    k = 3
     basis = torch.nn.functional.normalize(torch.randn((k,) + shape, generator=g).flatten(2), dim=2).view((k,) + shape)
 
     def cov_step(basis_name):

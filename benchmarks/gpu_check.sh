@@ -40,7 +40,7 @@ if [ "$phase" = all ] || [ "$phase" = bench ]; then
     --benchmark-json="$out/ops_cuda.json" > /dev/null 2>&1 || status_bench=$?
   python3 benchmarks/bench_ops.py --summarize "$out/ops_cuda.json" > "$out/ops_cuda.md" 2>&1 || status_bench=$?
   (cd benchmarks && timeout 120 python3 jvp_cost.py --device cuda --batch 64 --name jvp_cost_cuda \
-     && timeout 120 python3 step_cost.py --device cuda --batch 64 --size 64 --name step_cost_cuda) \
+     && timeout 120 python3 step_cost.py --device cuda --batch 64 --size 64 --guided-batches 1 8 64 --name step_cost_cuda) \
      > /dev/null 2>&1 || status_bench=$?
   cp benchmarks/results/jvp_cost_cuda.md benchmarks/results/step_cost_cuda.md "$out/" 2>/dev/null || true
 fi

@@ -7,8 +7,9 @@ Measured side by side in one run, on a random diffusers UNet2DModel (EDM-precond
 * the non-model part of one cov_ddim step (probe synthesis + the fused structured-noise step) and of one
   Lanczos iteration + synthesis, per backend (target on an H100: <= 2% of the forward at 64x64, batch 64,
   and >= 10x faster than the reference path);
-* one guided cov_ddim step (uncond forward + cond JVP, forward_ad) with the CUDA side stream vs forced
-  sequential (target: overlap below sequential).
+* one guided cov_ddim step at each of --guided-batches: sequential (uncond forward, then cond JVP with
+  forward AD) vs the two-stream overlap vs one batched finite-difference call (target on a GPU: overlap
+  <= 0.85x sequential at batch 1-8), reported as ratios in a second table.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--guided-batches", type=int, nargs="*", default=None,
+                   help="batches of the guided-step comparison (default: --batch); e.g. 1 8 64")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -61,19 +64,31 @@ def main(argv=None) -> int:
 
         rows[f"cov_ddim_non_model_{name}_s"] = median_seconds(cov_step, device)
         rows[f"lanczos_iteration_{name}_s"] = median_seconds(lanczos_iter, device)
-    v = torch.randn(shape, generator=g, device=device)
-    for concurrent in (True, False):
-        pair = GuidedModel(model, {"class_labels": labels}, Guidance(3.0, uncond_args={"class_labels": labels + 1},
-                                                                     concurrent=concurrent))
-        rows[f"guided_step_{'concurrent' if concurrent else 'sequential'}_s"] = median_seconds(
-            lambda: pair.jvp(x, sigma, v, "forward_ad"), device)
+    ratios = {}
+    for b in args.guided_batches or [args.batch]:
+        gx = torch.randn((b,) + shape[1:], generator=g, device=device)
+        gv = torch.randn((b,) + shape[1:], generator=g, device=device)
+        gs, gl = torch.full((b,), 2.0, device=device), torch.zeros(b, dtype=torch.long, device=device)
+        for label, concurrent, strategy in (("sequential", False, "forward_ad"), ("two_stream", True, "forward_ad"),
+                                            ("batched_fd", True, "finite_difference")):
+            # two_stream: the compiled executor when covkernels._C has its CUDA part, else the Python one;
+            # batched_fd: one model call on [x, x + h v, x] (cond, cond, uncond)
+            pair = GuidedModel(model, {"class_labels": gl},
+                               Guidance(3.0, uncond_args={"class_labels": gl + 1}, concurrent=concurrent))
+            rows[f"guided_step_b{b}_{label}_s"] = median_seconds(lambda: pair.jvp(gx, gs, gv, strategy), device)
+        ratios[f"guided step b={b}: two-stream / sequential"] = (rows[f"guided_step_b{b}_two_stream_s"]
+                                                                 / rows[f"guided_step_b{b}_sequential_s"])
+        ratios[f"guided step b={b}: batched FD / sequential"] = (rows[f"guided_step_b{b}_batched_fd_s"]
+                                                                 / rows[f"guided_step_b{b}_sequential_s"])
     lines = ["| quantity | value | ratio to one forward |", "|---|---|---|"]
     for key, val in rows.items():
         lines.append(f"| {key[:-2]} | {val * 1e3:.3f} ms | {val / t_fwd:.3f} |")
+    lines += ["", "| ratio (same run) | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
     table = "\n".join(lines)
     name = args.name or f"step_cost_{device.type}"
     cmd = "python benchmarks/step_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
     path = write_results(name, {"environment": environment(device), "shape": list(shape), "seconds": rows,
+                                "ratios": ratios,
                                 "jvp_strategy": "forward_ad (guided step)"}, table, cmd.strip())
     print(table)
     print(f"wrote {path}")
