@@ -6,20 +6,26 @@ listed once in csrc/sources.txt) is optional:
 * its CPU part builds whenever torch is importable at build time (hence ``--no-build-isolation``) and a
   C++ compiler is present;
 * its CUDA part builds as well when torch is a CUDA build and nvcc is found (``CUDA_HOME``);
-* when a part cannot be built the build prints a note saying why and goes on: the package then runs on
-  its Triton / pure-PyTorch backends, and ``covkernels info`` repeats the reason.
+* when a part cannot be built the build prints a note saying why (pip shows it with ``-v``) and goes on:
+  a failed CUDA part leaves the CPU part, a failed CPU part the pure-Python package, which runs on its
+  Triton / pure-PyTorch backends (``covkernels info`` says the extension does not load and how to
+  rebuild). In-place builds (``build_ext --inplace``) never swallow a compile error: a developer
+  rebuilding after editing csrc/ must not keep testing a stale library.
 
 Environment flags (read here, so they work with ``pip install --no-build-isolation .``):
 
 ``COVKERNELS_SKIP_EXTENSION=1``   build nothing compiled (pure-Python install)
 ``COVKERNELS_SKIP_CUDA_BUILD=1``  build the CPU part only
-``COVKERNELS_FORCE_CUDA=1``       the CUDA part must build: a missing nvcc / CPU-only torch is an error
+``COVKERNELS_FORCE_CUDA=1``       the CUDA part must build: anything that prevents it is an error
 ``TORCH_CUDA_ARCH_LIST``          GPU architectures (default below, includes sm_90 for H100/H200)
 ``MAX_JOBS``                      parallel compile jobs (ninja), read by torch's BuildExtension
 """
 import os
 import shutil
+import subprocess
 import sys
+import sysconfig
+import tempfile
 
 from setuptools import setup
 
@@ -33,7 +39,14 @@ def note(message):
 
 
 def flag(name):
-    return os.environ.get(name, "0") not in ("", "0")
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def give_up(message):
+    """A part cannot be built: a note, or an error under COVKERNELS_FORCE_CUDA."""
+    if flag("COVKERNELS_FORCE_CUDA"):
+        sys.exit(f"covkernels: COVKERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {message}")
+    note(message)
 
 
 def extension_sources():
@@ -60,9 +73,30 @@ def cuda_reason(torch):
     return None
 
 
+def cxx_command():
+    """The C++ compiler the build will use: $CXX, else the one Python was built with, else c++."""
+    return (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++").split()[0]
+
+
 def compiler_reason():
-    cxx = os.environ.get("CXX", "c++").split()[0]
+    cxx = cxx_command()
     return None if shutil.which(cxx) else f"no C++ compiler ({cxx!r} is not on PATH; set CXX)"
+
+
+def openmp_flags():
+    """Flags that make at::parallel_for multi-threaded, if this compiler takes them (else a note: the
+    kernels then run on one thread)."""
+    candidates = [["-fopenmp"]] if sys.platform != "darwin" else [["-Xpreprocessor", "-fopenmp", "-lomp"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        for flags in candidates:
+            cmd = [cxx_command(), src, *flags, "-o", os.path.join(tmp, "omp")]
+            if subprocess.run(cmd, capture_output=True).returncode == 0:
+                return flags
+    note("the C++ compiler does not build OpenMP programs: the CPU kernels will run on one thread")
+    return []
 
 
 def extensions():
@@ -73,40 +107,47 @@ def extensions():
         import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError as exc:
-        note(f"torch is not importable at build time ({exc}): installing the pure-Python package. "
-             f"Install torch first and build with --no-build-isolation to get the compiled kernels.")
+        give_up(f"torch is not importable at build time ({exc}): installing the pure-Python package. "
+                f"Install torch first and build with --no-build-isolation to get the compiled kernels.")
         return [], {}
     why_not = compiler_reason()
     if why_not:
-        note(f"{why_not}: installing the pure-Python package (no compiled kernels)")
+        give_up(f"{why_not}: installing the pure-Python package (no compiled kernels)")
         return [], {}
     sources = extension_sources()
-    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx_flags = ["-O3", *openmp]  # the C++ standard is the one torch asks for
-    kwargs = dict(include_dirs=[os.path.join(HERE, "csrc", "include")], extra_link_args=openmp)
+    openmp = openmp_flags()
+    cxx_flags = ["-O3", *[f for f in openmp if f != "-lomp"]]  # the C++ standard is the one torch asks for
+    kwargs = dict(include_dirs=[os.path.join(HERE, "csrc", "include")],
+                  extra_link_args=[f for f in openmp if f != "-Xpreprocessor"])
+    cpu_ext = CppExtension("covkernels._C", sources["cpu"] + sources["python"],
+                           extra_compile_args={"cxx": cxx_flags}, **kwargs)
     cuda_why_not = cuda_reason(torch)
     if cuda_why_not is None:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         note(f"building the CPU and CUDA parts (TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
         ext = CUDAExtension("covkernels._C", sources["cpu"] + sources["python"] + sources["cuda"],
                             define_macros=[("COVKERNELS_WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, **kwargs)
+                            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+                            **kwargs)
     else:
-        if flag("COVKERNELS_FORCE_CUDA") and not flag("COVKERNELS_SKIP_CUDA_BUILD"):
-            sys.exit(f"covkernels: COVKERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {cuda_why_not}")
-        note(f"building the CPU part only ({cuda_why_not})")
-        ext = CppExtension("covkernels._C", sources["cpu"] + sources["python"],
-                           extra_compile_args={"cxx": cxx_flags}, **kwargs)
+        if not flag("COVKERNELS_SKIP_CUDA_BUILD"):
+            give_up(f"building the CPU part only ({cuda_why_not})")
+        ext = cpu_ext
 
     class OptionalBuild(BuildExtension):
-        """A failed compile leaves a pure-Python install with a note (unless the CUDA part was forced)."""
+        """A failed CUDA part falls back to the CPU part, a failed CPU part to the pure-Python package,
+        each with a note; forced CUDA builds and in-place (developer) builds fail instead."""
 
         def run(self):
             try:
                 super().run()
             except Exception as exc:  # any compiler or toolchain failure
-                if flag("COVKERNELS_FORCE_CUDA"):
+                if flag("COVKERNELS_FORCE_CUDA") or self.inplace:
                     raise
+                if self.extensions and self.extensions[0] is not cpu_ext:
+                    note(f"building the CUDA part of covkernels._C failed ({exc}); building the CPU part only")
+                    self.extensions = [cpu_ext]
+                    return self.run()
                 note(f"building covkernels._C failed ({exc}); installing the pure-Python package. "
                      f"`covkernels info` shows the backends available; see the README to rebuild.")
 

@@ -90,7 +90,8 @@ def run_concurrently(device: torch.device, main_fn, side_fn, side_inputs, enable
         shapes["side"] = out = side_fn()
         return _as_list(out)
 
-    main_out, side_out = ext.run_concurrently(main, side, [t for t in _tensors(side_inputs) if t.is_cuda])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    main_out, side_out = ext.run_concurrently(main, side, [t for t in _tensors(side_inputs) if t.is_cuda], index)
     return _like(main_out, shapes["main"]), _like(side_out, shapes["side"])
 
 
@@ -111,7 +112,9 @@ class CapturedStep:
         if not example_inputs or not all(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
             raise ValueError("example_inputs must be one or more CUDA tensors")
         self.inputs = [t.clone() for t in example_inputs]
-        self._graph = ext.GraphedCall(lambda: _as_list(fn(*self.inputs)), int(warmup))
+        device = example_inputs[0].device
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self._graph = ext.GraphedCall(lambda: _as_list(fn(*self.inputs)), int(warmup), index)
 
     def __call__(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.inputs):

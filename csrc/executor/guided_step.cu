@@ -30,28 +30,52 @@ void record_on(const TensorList& tensors, const c10::cuda::CUDAStream& stream) {
 
 }  // namespace
 
+namespace {
+
+// Joins the side stream into the main one and records the crossing tensors when it goes out of scope,
+// also when main_fn throws after side_fn queued work (the allocator must not hand out inputs that the
+// side stream may still read).
+struct StreamJoin {
+  const c10::cuda::CUDAStream& main;
+  const c10::cuda::CUDAStream& side;
+  const TensorList& side_inputs;
+  const TensorList& side_out;
+  ~StreamJoin() {
+    try {
+      wait_for(side, main);
+      // Memory allocated on `main` and read on `side` must not be reused by `main` before `side` is
+      // done with it, and vice versa for the side outputs now handed to `main`.
+      record_on(side_inputs, side);
+      record_on(side_out, main);
+    } catch (...) {  // a destructor must not throw; the CUDA error resurfaces on the next call
+    }
+  }
+};
+
+}  // namespace
+
 std::pair<TensorList, TensorList> run_concurrently(const Thunk& main_fn, const Thunk& side_fn,
-                                                   const TensorList& side_inputs) {
-  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+                                                   const TensorList& side_inputs, int64_t device) {
+  const c10::cuda::CUDAGuard device_guard(static_cast<c10::DeviceIndex>(device));
+  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device));
   const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, main.device_index());
   wait_for(main, side);
-  TensorList side_out;
+  TensorList side_out, main_out;
   {
-    const c10::cuda::CUDAStreamGuard guard(side);
-    side_out = side_fn();
+    const StreamJoin join{main, side, side_inputs, side_out};
+    {
+      const c10::cuda::CUDAStreamGuard guard(side);
+      side_out = side_fn();
+    }
+    main_out = main_fn();
   }
-  TensorList main_out = main_fn();
-  wait_for(side, main);
-  // Memory allocated on `main` and read on `side` must not be reused by `main` before `side` is done
-  // with it, and vice versa for the side outputs now handed to `main`.
-  record_on(side_inputs, side);
-  record_on(side_out, main);
   return {std::move(main_out), std::move(side_out)};
 }
 
-GraphedCall::GraphedCall(const Thunk& fn, int64_t warmup) {
+GraphedCall::GraphedCall(const Thunk& fn, int64_t warmup, int64_t device) : device_(device) {
   TORCH_CHECK(warmup >= 0, "warmup must be >= 0, got ", warmup);
-  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+  const c10::cuda::CUDAGuard device_guard(static_cast<c10::DeviceIndex>(device));
+  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device));
   // Capture needs a stream other than the legacy default one.
   const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, main.device_index());
   wait_for(main, side);
@@ -67,6 +91,7 @@ GraphedCall::GraphedCall(const Thunk& fn, int64_t warmup) {
         graph_->capture_end();
       } catch (...) {
       }
+      graph_.reset();
       throw;
     }
     graph_->capture_end();
@@ -75,6 +100,7 @@ GraphedCall::GraphedCall(const Thunk& fn, int64_t warmup) {
 }
 
 TensorList GraphedCall::replay() {
+  const c10::cuda::CUDAGuard device_guard(static_cast<c10::DeviceIndex>(device_));
   graph_->replay();
   return outputs_;
 }

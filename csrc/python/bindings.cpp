@@ -62,9 +62,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef COVKERNELS_WITH_CUDA
   // The callables run with the GIL held (pybind11 wraps them in std::function).
   m.def("run_concurrently", &cuda::run_concurrently, py::arg("main_fn"), py::arg("side_fn"), py::arg("side_inputs"),
+        py::arg("device"),
         "(main_fn(), side_fn()) with side_fn on a side stream: events both ways, record_stream on crossings");
   py::class_<cuda::GraphedCall>(m, "GraphedCall")
-      .def(py::init<const cuda::Thunk&, int64_t>(), py::arg("fn"), py::arg("warmup") = 2)
+      .def(py::init<const cuda::Thunk&, int64_t, int64_t>(), py::arg("fn"), py::arg("warmup"), py::arg("device"))
       .def("replay", &cuda::GraphedCall::replay)
       .def_property_readonly("outputs", &cuda::GraphedCall::outputs);
 #endif

@@ -28,9 +28,10 @@ def lanczos_update(aq: torch.Tensor, basis: torch.Tensor, j: int, *, reorthogona
 
 def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down):
     """Compiled twin of :func:`covkernels.ops.lanczos.reference.lanczos_synthesis` (one pass)."""
+    if denoised.dtype != x_t.dtype:  # the kernel reads one storage dtype; the reference converts each input
+        return ref.lanczos_synthesis(denoised, x_t, basis, g, xi_norm, sigma_t=sigma_t, sigma_down=sigma_down)
     wd = work_dtype(x_t.dtype)
-    x = contiguous(x_t)
-    d = contiguous(denoised.to(x.dtype))
+    x, d = contiguous(x_t), contiguous(denoised)
     coef = contiguous(g.to(wd) * xi_norm.to(wd).unsqueeze(-1))
     out = alloc(x.shape, x.dtype, x.device)
     _C.lanczos_synthesis(d, x, contiguous(basis.to(wd)), coef, out, sigma_down / sigma_t)

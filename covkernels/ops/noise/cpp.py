@@ -62,7 +62,9 @@ def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, 
                     block=8, channel_average=True, c_max=1.0):
     """Compiled twin of :func:`covkernels.ops.noise.reference.structured_step` (one fused pass)."""
     _check_basis(basis)
-    if basis != "identity" and x_t.dim() != 4:
+    # Other layouts, and inputs of mixed dtypes (the reference converts each to the work dtype; the kernel
+    # reads one storage dtype), take the reference composition.
+    if (basis != "identity" and x_t.dim() != 4) or not denoised.dtype == jvps.dtype == x_t.dtype:
         return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
                                    sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
                                    block=block, channel_average=channel_average, c_max=c_max)
@@ -81,7 +83,7 @@ def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, 
         if x.numel():
             _C.structured_step(noise, noise, fjv, noise, *params, True)  # D, x_t unread (noise only)
         return (ref.ddim_mean(denoised, x, sigma_t, sigma_down) + dct_ref.idct2(noise)).to(dtype)
-    d, jv = contiguous(denoised.to(dtype)), contiguous(jvps.to(dtype))
+    d, jv = contiguous(denoised), contiguous(jvps)
     out = alloc(x.shape, dtype, x.device)
     if x.numel():
         xv = _kernel_view(x, basis)
