@@ -42,11 +42,11 @@ def flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def give_up(message):
+def give_up(reason, consequence):
     """A part cannot be built: a note, or an error under COVKERNELS_FORCE_CUDA."""
     if flag("COVKERNELS_FORCE_CUDA"):
-        sys.exit(f"covkernels: COVKERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {message}")
-    note(message)
+        sys.exit(f"covkernels: COVKERNELS_FORCE_CUDA=1 but the CUDA part cannot be built: {reason}")
+    note(f"{reason}: {consequence}")
 
 
 def extension_sources():
@@ -107,12 +107,12 @@ def extensions():
         import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError as exc:
-        give_up(f"torch is not importable at build time ({exc}): installing the pure-Python package. "
-                f"Install torch first and build with --no-build-isolation to get the compiled kernels.")
+        give_up(f"torch is not importable at build time ({exc})", "installing the pure-Python package. Install "
+                "torch first and build with --no-build-isolation to get the compiled kernels.")
         return [], {}
     why_not = compiler_reason()
     if why_not:
-        give_up(f"{why_not}: installing the pure-Python package (no compiled kernels)")
+        give_up(why_not, "installing the pure-Python package (no compiled kernels)")
         return [], {}
     sources = extension_sources()
     openmp = openmp_flags()
@@ -131,7 +131,7 @@ def extensions():
                             **kwargs)
     else:
         if not flag("COVKERNELS_SKIP_CUDA_BUILD"):
-            give_up(f"building the CPU part only ({cuda_why_not})")
+            give_up(cuda_why_not, "building the CPU part only")
         ext = cpu_ext
 
     class OptionalBuild(BuildExtension):
