@@ -22,11 +22,10 @@ import torch
 @functools.lru_cache(maxsize=None)
 def cuda_extension():
     """``covkernels._C`` when it was built with its CUDA part, else None."""
-    try:
-        from . import _C
-    except ImportError:
-        return None
-    return _C if _C.build_info()["cuda"] else None
+    from .ops.dispatch import extension_status
+
+    ext, _ = extension_status()
+    return ext if ext is not None and ext.build_info()["cuda"] else None
 
 
 def _tensors(obj):

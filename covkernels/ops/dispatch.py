@@ -112,8 +112,9 @@ def _cpp_backend() -> tuple[Backend | None, str]:
 def _cuda_reason() -> str:
     # CUDA versions of the fused ops join only where a measurement shows them faster than the Triton
     # kernels; none has been measured yet, so Triton is the GPU path of every op.
-    ext, why = extension_status()
-    built = ext is not None and ext.build_info()["cuda"]
+    from ..executor import cuda_extension
+
+    ext, built = extension_status()[0], cuda_extension() is not None
     return ("no CUDA op kernels in this version: the Triton kernels are the GPU path of every op (a CUDA twin "
             "joins only where measured faster). The extension's CUDA part is the guided-step executor: "
             + ("built" if built else "not built" + ("" if ext is None else " (torch or nvcc without CUDA at build "
