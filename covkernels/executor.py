@@ -43,6 +43,10 @@ def _as_list(out) -> list:
     return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _like(out: list, template):
     return out[0] if isinstance(template, torch.Tensor) else type(template)(out)
 
@@ -79,19 +83,19 @@ def run_concurrently(device: torch.device, main_fn, side_fn, side_inputs, enable
     ext = cuda_extension()
     if ext is None:
         return _python_concurrently(device, main_fn, side_fn, side_inputs)
-    shapes = {}
+    returned = {}  # what each callable returned, so the lists come back in the same form
 
     def main():
-        shapes["main"] = out = main_fn()
+        returned["main"] = out = main_fn()
         return _as_list(out)
 
     def side():
-        shapes["side"] = out = side_fn()
+        returned["side"] = out = side_fn()
         return _as_list(out)
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    main_out, side_out = ext.run_concurrently(main, side, [t for t in _tensors(side_inputs) if t.is_cuda], index)
-    return _like(main_out, shapes["main"]), _like(side_out, shapes["side"])
+    main_out, side_out = ext.run_concurrently(main, side, [t for t in _tensors(side_inputs) if t.is_cuda],
+                                              _device_index(device))
+    return _like(main_out, returned["main"]), _like(side_out, returned["side"])
 
 
 class CapturedStep:
@@ -111,9 +115,8 @@ class CapturedStep:
         if not example_inputs or not all(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
             raise ValueError("example_inputs must be one or more CUDA tensors")
         self.inputs = [t.clone() for t in example_inputs]
-        device = example_inputs[0].device
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self._graph = ext.GraphedCall(lambda: _as_list(fn(*self.inputs)), int(warmup), index)
+        self._graph = ext.GraphedCall(lambda: _as_list(fn(*self.inputs)), int(warmup),
+                                      _device_index(example_inputs[0].device))
 
     def __call__(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.inputs):

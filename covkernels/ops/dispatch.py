@@ -114,11 +114,14 @@ def _cuda_reason() -> str:
     # kernels; none has been measured yet, so Triton is the GPU path of every op.
     from ..executor import cuda_extension
 
-    ext, built = extension_status()[0], cuda_extension() is not None
+    if cuda_extension() is not None:
+        executor = "built"
+    elif extension_status()[0] is None:
+        executor = "not built"
+    else:
+        executor = "not built (torch or nvcc without CUDA at build time)"
     return ("no CUDA op kernels in this version: the Triton kernels are the GPU path of every op (a CUDA twin "
-            "joins only where measured faster). The extension's CUDA part is the guided-step executor: "
-            + ("built" if built else "not built" + ("" if ext is None else " (torch or nvcc without CUDA at build "
-                                                                            "time)")))
+            f"joins only where measured faster). The extension's CUDA part is the guided-step executor: {executor}")
 
 
 def _device_ok(name: str, device: torch.device, explicit: bool = True) -> tuple[bool, str]:

@@ -11,7 +11,7 @@ void block_dct2_out(const at::Tensor& x, at::Tensor& out, int64_t block, bool in
   check_same(out, x, "out");
   TORCH_CHECK(x.dim() >= 2, "x must have at least 2 dims (..., H, W)");
   const int64_t h = x.size(-2), w = x.size(-1);
-  TORCH_CHECK(block >= 1 && h % block == 0 && w % block == 0, "block=", block, " does not tile ", h, "x", w);
+  check_block_tiles(block, h, w);
   if (x.numel() == 0) return;
   const int64_t planes = x.numel() / (h * w);
   const Tiling tiling(block, h, w);

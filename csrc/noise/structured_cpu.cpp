@@ -21,7 +21,7 @@ void probe_tangent_out(at::Tensor& out, Counters ctr, int64_t stream, int64_t bl
   check_cpu_contiguous(out, "out");
   TORCH_CHECK(out.dim() == 4, "out must be (B, C, H, W)");
   const int64_t bsz = out.size(0), ch = out.size(1), h = out.size(2), w = out.size(3);
-  TORCH_CHECK(block >= 1 && h % block == 0 && w % block == 0, "block=", block, " does not tile ", h, "x", w);
+  check_block_tiles(block, h, w);
   if (out.numel() == 0) return;
   const Tiling tiling(block, h, w);
   CK_DISPATCH_FLOATING(out.scalar_type(), "probe_tangent", [&] {
@@ -61,7 +61,7 @@ void structured_step_out(const at::Tensor& denoised, const at::Tensor& x_t, cons
   TORCH_CHECK(jvps.scalar_type() == x_t.scalar_type(), "jvps must have the dtype of x_t");
   const int64_t k = p.block, probes = jvps.size(0);
   const int64_t bsz = x_t.size(0), ch = x_t.size(1), h = x_t.size(2), w = x_t.size(3);
-  TORCH_CHECK(k >= 1 && h % k == 0 && w % k == 0, "block=", k, " does not tile ", h, "x", w);
+  check_block_tiles(k, h, w);
   if (x_t.numel() == 0) return;
   const Tiling tiling(k, h, w);
   const int64_t sample_size = ch * h * w;

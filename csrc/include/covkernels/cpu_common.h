@@ -28,6 +28,10 @@ inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* 
               t.scalar_type());
 }
 
+inline void check_block_tiles(int64_t block, int64_t h, int64_t w) {
+  TORCH_CHECK(block >= 1 && h % block == 0 && w % block == 0, "block=", block, " does not tile ", h, "x", w);
+}
+
 // Orthonormal DCT-II matrix (k x k, row-major: coeffs = M signal), computed in double and rounded once,
 // as the reference does; `transpose` gives the inverse.
 template <typename acc_t>
