@@ -5,27 +5,18 @@
   ``record_stream`` on every tensor that crosses streams. The compiled executor runs it when the
   extension was built with CUDA; otherwise the same protocol runs in Python (torch.cuda streams). On a
   CPU, or with ``enabled=False``, the two calls simply run one after the other.
-* :class:`CapturedStep` / :func:`capture_cov_ddim_step` - a whole ``cov_ddim`` step (model calls included)
-  captured once in a CUDA graph and replayed on new inputs. The model must be capturable (no host syncs,
-  no data-dependent shapes); scalars of the step (sigma, step index, run seed) are baked in at capture,
+* :class:`CapturedStep` - a callable (e.g. a whole ``cov_ddim`` step, model calls included, built by
+  :func:`covkernels.capture.capture_cov_ddim_step`) captured once in a CUDA graph and replayed on new
+  inputs. The model must be capturable (no host syncs, no data-dependent shapes); scalars of the step (sigma, step index, run seed) are baked in at capture,
   so a captured step replays *that* step on whatever ``x`` is copied into its input buffer.
 
 Nothing here touches a GPU at import time.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
-
-@functools.lru_cache(maxsize=None)
-def cuda_extension():
-    """``covkernels._C`` when it was built with its CUDA part, else None."""
-    from .ops.dispatch import extension_status
-
-    ext, _ = extension_status()
-    return ext if ext is not None and ext.build_info()["cuda"] else None
+from ._extension import cuda_extension
 
 
 def _tensors(obj):
@@ -127,28 +118,3 @@ class CapturedStep:
                                  f"{buf.device}, got {tuple(new.shape)} {new.dtype} on {new.device}")
             buf.copy_(new)
         return tuple(self._graph.replay())
-
-
-def cov_ddim_step_fn(model, x: torch.Tensor, sigma_t: float, sigma_s: float, *, step: int = 0, generator=None,
-                     extra_args=None, eta: float = 0.0, basis: str = "convdct", block: int = 8,
-                     channel_average: bool = True, c_max: float | None = 1.0, jvp: str = "finite_difference",
-                     backend: str = "auto"):
-    """``f(x) -> (x_s, denoised)``: one ``cov_ddim`` step sigma_t -> sigma_s with everything but ``x`` fixed
-    (the run seed is drawn here from ``generator``). Finite checks are off: they synchronise with the host,
-    which a graph capture forbids. Eager and captured calls of ``f`` give the same result."""
-    from . import steps as step_lib
-
-    ctx = step_lib.StepContext(model, x, extra_args, generator=generator, backend=backend, jvp=jvp,
-                               check_finite=False)
-    step_lib.check_basis(basis, block, x)
-
-    def f(x_in: torch.Tensor):
-        return step_lib.structured_step(ctx, x_in, step, float(sigma_t), float(sigma_s), eta=eta, basis=basis,
-                                        block=block, channel_average=channel_average, c_max=c_max)
-
-    return f
-
-
-def capture_cov_ddim_step(model, x: torch.Tensor, sigma_t: float, sigma_s: float, *, warmup: int = 2, **options):
-    """A :class:`CapturedStep` of :func:`cov_ddim_step_fn` (same options): ``captured(x) -> (x_s, denoised)``."""
-    return CapturedStep(cov_ddim_step_fn(model, x, sigma_t, sigma_s, **options), x, warmup=warmup)

@@ -1,12 +1,18 @@
 """Classifier-free guidance for the covariance-aware samplers.
 
 The guided denoiser is ``D_g = D_u + scale (D_c - D_u)``; the step's mean uses ``D_g`` and its covariance
-comes from the JVP of the conditional branch only (DESIGN.md 1a, our reading), so a guided
+comes from the JVP of the conditional branch only (docs/design.md, "Guidance"; our reading), so a guided
 ``cov_ddim`` step costs three evaluations: unconditional forward, conditional forward, conditional JVP.
 
 How the two branches reach the model: the conditional one gets the sampler's ``extra_args``; the
 unconditional one gets ``Guidance.uncond_args`` (e.g. null class labels or empty-prompt embeddings),
-through the same model or through ``Guidance.uncond_model`` when it is a separate callable.
+through the same model or through ``Guidance.uncond_model`` when it is a separate callable. A guidance
+whose unconditional branch would be the conditional one (same model, same arguments: e.g. a bare scale
+with no ``extra_args``) is refused when it is bound to a model: it would silently sample unguided.
+
+Scale range: any finite number. 1 samples the conditional model, 0 the unconditional one, values in
+(0, 1) interpolate, > 1 extrapolates away from the unconditional prediction (the usual classifier-free
+guidance, typically 1.5-10), < 0 steers away from the condition (negative guidance).
 
 Execution, fastest first:
 
@@ -32,7 +38,8 @@ from .executor import run_concurrently
 
 @dataclasses.dataclass(frozen=True)
 class Guidance:
-    """``scale``: guidance weight (1 = conditional only). ``uncond_args``: ``extra_args`` of the
+    """``scale``: guidance weight, any finite number (1 = conditional only, 0 = unconditional only, < 0
+    steers away from the condition). ``uncond_args``: ``extra_args`` of the
     unconditional branch (default: none). ``uncond_model``: a separate unconditional denoiser (default: the
     sampler's model). ``concurrent``: on CUDA, overlap the unconditional forward with the JVP."""
 
@@ -85,6 +92,26 @@ def pairable(cond: dict, uncond: dict, batch: int) -> bool:
     return True
 
 
+def _same_args(a: dict, b: dict) -> bool:
+    if a is b:
+        return True
+    if set(a) != set(b):
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            same = (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                    and x.dtype == y.dtype and x.device == y.device and bool(torch.equal(x, y)))
+        else:
+            try:
+                same = bool(x == y)
+            except Exception:  # noqa: BLE001 - values without a plain truth value count as different
+                same = x is y
+        if not same:
+            return False
+    return True
+
+
 def paired_extra(cond: dict, uncond: dict, batch: int, cond_copies: int) -> dict:
     """``extra_args`` for a batch of ``cond_copies`` conditional blocks followed by one unconditional block."""
     return {k: torch.cat([a] * cond_copies + [uncond[k]]) if _per_sample(a, batch) else a for k, a in cond.items()}
@@ -97,6 +124,14 @@ class GuidedModel:
         self.model, self.cond, self.g = model, cond_args, guidance
         self.uncond_args = guidance.uncond_args or {}
         self.uncond_model = guidance.uncond_model or model
+        if guidance.uncond_model is None and _same_args(cond_args, self.uncond_args):
+            given = "no uncond_args" if guidance.uncond_args is None else "uncond_args equal to the extra_args"
+            raise ValueError(
+                f"guidance (scale {guidance.scale:g}) has no unconditional branch: with {given} and no "
+                f"uncond_model, the unconditional call would be the conditional one (same model, same "
+                f"arguments), so every scale samples the conditional model. Give Guidance.uncond_args (the "
+                f"model's null condition, e.g. null class labels or empty-prompt embeddings) or "
+                f"Guidance.uncond_model (a separate unconditional denoiser), or drop guidance")
 
     def _batchable(self, x) -> bool:
         return self.g.uncond_model is None and pairable(self.cond, self.uncond_args, x.shape[0])

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import warnings
 import weakref
 
 import torch
@@ -103,7 +104,12 @@ def repeat_extra(extra: dict, batch: int, times: int) -> dict:
 
 def _forward_ad(model, x, sigma, v, extra, primal):
     with torch.no_grad(), _math_attention(), _ForwardADFriendly():  # forward AD needs no reverse graph
-        d, jv = torch.func.jvp(lambda inp: model(inp, sigma, **extra), (x,), (v,))
+        # torch scripts its forward-AD decompositions on the first dual tensor of a process, warning 18 times
+        # that torch.jit.script is deprecated: torch's own business, not the user's.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated",
+                                    category=DeprecationWarning)
+            d, jv = torch.func.jvp(lambda inp: model(inp, sigma, **extra), (x,), (v,))
     return d, jv
 
 

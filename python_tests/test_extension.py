@@ -15,7 +15,7 @@ import torch
 
 import covkernels as ck
 from conftest import gen
-from covkernels import executor
+from covkernels import capture, executor
 from covkernels.ops import dispatch
 
 COMPILER = shutil.which("c++") or shutil.which("g++")
@@ -125,7 +125,7 @@ def test_graph_replay_equals_eager():
 
     model = get_model("gaussian", size=16).cuda()
     x = torch.randn(4, 3, 16, 16, generator=gen(3)).cuda() * 5
-    step_fn = executor.cov_ddim_step_fn(model, x, 5.0, 2.0, step=3, generator=gen(4))
+    step_fn = capture.cov_ddim_step_fn(model, x, 5.0, 2.0, step=3, generator=gen(4))
     captured = executor.CapturedStep(step_fn, x)
     for seed in (5, 6):
         new_x = torch.randn(4, 3, 16, 16, generator=gen(seed)).cuda() * 5

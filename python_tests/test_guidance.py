@@ -125,3 +125,39 @@ def test_guidance_validation():
         ck.sample_cov_ddim(lambda x, s: x, torch.zeros(1, 1, 8, 8), SIG, disable=True, guidance={"w": 2.0})
     with pytest.raises(TypeError, match="guidance must be None, a number"):
         ck.sample_lanczos(lambda x, s: x, torch.zeros(1, 1, 8, 8), SIG, disable=True, guidance="strong")
+
+
+def test_guidance_without_an_unconditional_branch_is_refused():
+    """A bare scale on a model called with no extra_args: the 'unconditional' call would be the conditional
+    one, and sampling would silently be unguided (issue 17, item 4)."""
+    model, x = (lambda xx, s: xx / (1 + s.view(-1, 1, 1, 1) ** 2)), torch.randn(1, 1, 8, 8, generator=gen(0))
+    for sampler in (ck.sample_cov_ddim, ck.sample_lanczos):
+        with pytest.raises(ValueError, match="no unconditional branch.*uncond_args.*uncond_model"):
+            sampler(model, x, SIG, disable=True, generator=gen(1), guidance=3.0)
+    labels = {"labels": torch.tensor([1])}
+    with pytest.raises(ValueError, match="uncond_args equal to the extra_args"):
+        ck.sample_cov_ddim(Labelled(), x.double(), SIG, extra_args=labels, disable=True, generator=gen(1), block=4,
+                           guidance=Guidance(2.0, uncond_args={"labels": torch.tensor([1])}))
+    with pytest.raises(ValueError, match="no unconditional branch"):
+        ck.sample_ddim(cfg_denoiser(model, 3.0), x, SIG, disable=True)
+
+
+def test_guidance_with_a_branch_of_its_own_is_accepted():
+    """Either a separate uncond_model, or uncond_args that differ from the conditional ones, is a branch."""
+    x = torch.randn(1, 1, 8, 8, generator=gen(0), dtype=torch.float64)
+    labels = {"labels": torch.tensor([1])}
+    ck.sample_cov_ddim(Labelled(), x, SIG, extra_args=labels, disable=True, generator=gen(1), block=4,
+                       guidance=Guidance(W, uncond_model=lambda xx, s: lin(xx, s.view(-1, 1, 1, 1), 0.0)))
+    ck.sample_cov_ddim(Labelled(), x, SIG, extra_args=labels, disable=True, generator=gen(1), block=4,
+                       guidance=Guidance(W, uncond_args={"labels": torch.tensor([2])}))
+
+
+@pytest.mark.parametrize("scale", [-1.5, 0.0, 0.5])
+def test_scales_outside_the_usual_range_mean_what_the_docs_say(setup, scale):
+    """0: the unconditional model; (0, 1): interpolation; < 0: steered away from the condition."""
+    x, extra, _ = setup
+    guided = cfg_denoiser(Labelled(), Guidance(scale, uncond_args={"labels": torch.tensor([2, 2])}))
+    sigma = torch.full((2,), 2.0, dtype=torch.float64)
+    shift_c = SHIFTS[extra["labels"]].view(-1, 1, 1, 1)
+    want = lin(x, 2.0, 0.0) + scale * (lin(x, 2.0, shift_c) - lin(x, 2.0, 0.0))
+    torch.testing.assert_close(guided(x, sigma, **extra), want, rtol=1e-12, atol=1e-12)

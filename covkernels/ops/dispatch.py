@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from .._extension import cuda_extension, extension_status
 from .dct import reference as dct_ref
 from .lanczos import reference as lanczos_ref
 from .noise import reference as noise_ref
@@ -82,20 +83,6 @@ def _triton_backend() -> Backend:
     return _from_modules("triton", rng_tr, dct_tr, noise_tr, lanczos_tr)
 
 
-def extension_status() -> tuple[object | None, str]:
-    """``(covkernels._C or None, what was built / why it cannot be loaded)``."""
-    try:
-        from .. import _C
-    except ImportError as exc:
-        return None, (f"covkernels._C is not built or does not load ({exc}). Rebuild from the source tree with "
-                      f"`pip install --no-build-isolation .` (torch installed first, a C++ compiler on PATH); "
-                      f"the build prints why it skipped a part")
-    info = _C.build_info()
-    parts = "CPU kernels" + (" with OpenMP" if info["openmp"] else " (single-threaded: built without OpenMP)")
-    parts += ", CUDA guided-step executor" if info["cuda"] else ", no CUDA part"
-    return _C, f"covkernels._C loaded ({parts}; built against torch {info['torch']})"
-
-
 @functools.lru_cache(maxsize=None)
 def _cpp_backend() -> tuple[Backend | None, str]:
     ext, why = extension_status()
@@ -112,8 +99,6 @@ def _cpp_backend() -> tuple[Backend | None, str]:
 def _cuda_reason() -> str:
     # CUDA versions of the fused ops join only where a measurement shows them faster than the Triton
     # kernels; none has been measured yet, so Triton is the GPU path of every op.
-    from ..executor import cuda_extension
-
     if cuda_extension() is not None:
         executor = "built"
     elif extension_status()[0] is None:
