@@ -2,7 +2,8 @@
 
 Every helper returns a float32 tensor of ``n + 1`` entries (``n`` steps) ``sigma_max ... sigma_min, 0``,
 computed with the same formulas (and float32 arithmetic) as k-diffusion's ``get_sigmas_*`` so schedules
-are interchangeable. ``linear_beta_sigmas`` turns a discrete DDPM (VP, linear-beta) model's training
+are interchangeable (``cosine_sigmas`` and ``time_uniform_sigmas`` have no k-diffusion twin; they compute in
+float64 and round once). ``linear_beta_sigmas`` turns a discrete DDPM (VP, linear-beta) model's training
 schedule into sigmas for ``n`` inference steps.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 
 import torch
 
-SCHEDULES = ("karras", "exponential", "vp", "linear_beta")
+SCHEDULES = ("karras", "exponential", "cosine", "time_uniform", "vp", "linear_beta")
 
 
 def _check_n(n) -> int:
@@ -47,6 +48,50 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, device=None) 
     _check_n(n)
     _check_range(sigma_min, sigma_max)
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp()).to(device)
+
+
+def cosine_sigmas(n: int, sigma_min: float, sigma_max: float, shift: float = 1.0, device=None) -> torch.Tensor:
+    """Shifted cosine schedule, uniform in ``t`` of ``sigma(t) = shift * tan(pi t / 2)``.
+
+    With ``shift = 1`` this is the cosine schedule of Nichol & Dhariwal (2021), ``alphabar(t) = cos^2(pi t/2)``
+    (VP), written as ``sigma = sqrt(1 - alphabar) / sqrt(alphabar) = tan(pi t / 2)``, without their small
+    offset since the grid is truncated to ``[sigma_min, sigma_max]`` anyway: ``t`` runs uniformly from
+    ``(2/pi) atan(sigma_max / shift)`` to ``(2/pi) atan(sigma_min / shift)``. ``shift`` multiplies every
+    sigma at fixed ``t``, i.e. adds ``-2 log shift`` to the log-SNR (the "shifted cosine" of Hoogeboom et al.
+    (2023), whose ``shift = resolution / 64``). Per unit of ``log sigma`` the steps are densest at
+    ``sigma = shift`` (there ``d log sigma / dt = pi``, the least anywhere), so ``shift`` says which
+    noise level gets the most steps; far below it the spacing becomes uniform in sigma, far above it
+    uniform in ``1 / sigma``.
+    """
+    _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a positive finite number, got {shift!r}")
+    t = torch.linspace(math.atan(sigma_max / shift), math.atan(sigma_min / shift), n, dtype=torch.float64)
+    return _append_zero((shift * torch.tan(t)).to(torch.float32)).to(device)
+
+
+def _vp_time(sigma: float, beta_d: float, beta_min: float) -> float:
+    """The ``t`` with ``sigma = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)`` (positive root of a quadratic)."""
+    return (math.sqrt(beta_min ** 2 + 2 * beta_d * math.log1p(sigma ** 2)) - beta_min) / beta_d
+
+
+def time_uniform_sigmas(n: int, sigma_min: float, sigma_max: float, beta_d: float = 19.9, beta_min: float = 0.1,
+                        device=None) -> torch.Tensor:
+    """Uniform in the time ``t`` of the continuous VP SDE with linear ``beta(t) = beta_min + beta_d t``
+    (Song et al. 2021; DPM-Solver's "time_uniform"), between the times of ``sigma_max`` and ``sigma_min``.
+
+    ``alphabar(t) = exp(-beta_d t^2 / 2 - beta_min t)``, so ``sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1)``
+    and ``t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d``. With the default
+    betas, ``sigma_max = 80`` is ``t = 0.9335``. :func:`vp_sigmas` is the same grid over a fixed ``t`` range.
+    """
+    _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    if not (beta_d > 0 and beta_min >= 0):
+        raise ValueError(f"need beta_d > 0 and beta_min >= 0, got {beta_d!r}, {beta_min!r}")
+    t = torch.linspace(_vp_time(sigma_max, beta_d, beta_min), _vp_time(sigma_min, beta_d, beta_min), n,
+                       dtype=torch.float64)
+    return _append_zero(torch.sqrt(torch.expm1(beta_d * t ** 2 / 2 + beta_min * t)).to(torch.float32)).to(device)
 
 
 def vp_sigmas(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3,
@@ -92,15 +137,22 @@ def linear_beta_sigmas(n: int, beta_start: float = 1e-4, beta_end: float = 0.02,
 
 
 def get_sigmas(schedule: str, steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
-               device=None) -> torch.Tensor:
+               device=None, *, shift: float = 1.0) -> torch.Tensor:
     """Dispatch by name for ``covkernels.sample`` and the CLI (``vp``/``linear_beta`` use their own
-    defaults and ignore ``sigma_min``/``sigma_max``)."""
+    defaults and ignore ``sigma_min``/``sigma_max``). ``rho`` is read by ``karras`` only (ignored by the
+    others, as before); ``shift`` applies to ``cosine`` only and is refused elsewhere."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule != "cosine" and shift != 1.0:
+        raise ValueError(f"shift applies to the cosine schedule only, got shift={shift!r} with {schedule!r}")
     if schedule == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho, device)
     if schedule == "exponential":
         return exponential_sigmas(steps, sigma_min, sigma_max, device)
+    if schedule == "cosine":
+        return cosine_sigmas(steps, sigma_min, sigma_max, shift, device)
+    if schedule == "time_uniform":
+        return time_uniform_sigmas(steps, sigma_min, sigma_max, device=device)
     if schedule == "vp":
         return vp_sigmas(steps, device=device)
-    if schedule == "linear_beta":
-        return linear_beta_sigmas(steps, device=device)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return linear_beta_sigmas(steps, device=device)
