@@ -7,19 +7,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .sampling import (  # noqa: E402
+from .samplers import (  # noqa: E402
     SAMPLERS,
+    calibrate_addim_variance,
     get_sampler,
+    nfe_per_sample,
     sample,
-    sample_addim,
-    sample_cov_ddim,
-    sample_ddim,
-    sample_ddpm,
-    sample_diag_hutchinson,
-    sample_dpmpp_2m,
-    sample_heun,
-    sample_lanczos,
 )
+from .samplers import *  # noqa: E402,F401,F403  (every sample_<name> of the registry)
+from . import sampling  # noqa: E402,F401  (the old public module, kept importable)
 from .schedules import (  # noqa: E402
     alphas_cumprod_to_sigmas,
     exponential_sigmas,
@@ -39,9 +35,7 @@ def info(file=None) -> None:
     print_info(file=file)
 
 __all__ = [
-    "SAMPLERS", "get_sampler", "sample", "sample_addim", "sample_cov_ddim", "sample_ddim", "sample_ddpm",
-    "sample_diag_hutchinson", "sample_dpmpp_2m", "sample_heun", "sample_lanczos", "alphas_cumprod_to_sigmas",
+    "SAMPLERS", "get_sampler", "sample", "nfe_per_sample", "calibrate_addim_variance", "alphas_cumprod_to_sigmas",
     "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError",
-    "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info",
-    "__version__",
-]
+    "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info", "__version__",
+] + [f"sample_{name}" for name in SAMPLERS]

@@ -256,9 +256,9 @@ def plain_step(ctx: StepContext, x: torch.Tensor, denoised: torch.Tensor, step: 
     return x_s.to(x.dtype)
 
 
-def addim_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
-               sigma_data: float):
-    """aDDIM (our reading): DDIM plus isotropic noise for the x0 uncertainty, with the posterior variance of
+def noisy_ddim_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
+                    sigma_data: float):
+    """Noisy DDIM: DDIM plus isotropic noise for the x0 uncertainty, with the posterior variance of
     isotropic data of std ``sigma_data``, i.e. ``J ~= sigma_data^2 / (sigma_t^2 + sigma_data^2) I``.
     One model evaluation. Returns ``(x_s, denoised)``."""
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)

@@ -121,14 +121,14 @@ def test_churn_adds_noise_from_the_generator(x0):
     assert (a - c).abs().max() > 1e-3
 
 
-def test_addim_adds_isotropic_x0_variance(x0):
+def test_noisy_ddim_adds_isotropic_x0_variance(x0):
     """aDDIM = DDIM mean + sqrt((sigma_t - sigma_s)^2 sd^2 / (sigma_t^2 + sd^2)) xi with the run's noise."""
     from conftest import sampler_normal
     from covkernels.ops.rng.reference import STREAM_NOISE
     from covkernels.steps import draw_seed
 
     sig = SIGMAS[[0, 1, -1]]
-    got = ck.sample_addim(Linear(), x0, sig, disable=True, generator=gen(4), sigma_data=0.7)
+    got = ck.sample_noisy_ddim(Linear(), x0, sig, disable=True, generator=gen(4), sigma_data=0.7)
     seed = draw_seed(gen(4))
     s0, s1 = float(sig[0]), float(sig[1])
     xi = sampler_normal(seed, x0.shape, step=0, stream=STREAM_NOISE, dtype=torch.float64)

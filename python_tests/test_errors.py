@@ -58,7 +58,8 @@ def test_basis_must_tile_the_image():
     ("cov_ddim", "jvp", "magic", "jvp must be one of"),
     ("cov_ddim", "backend", "opencl", "backend must be one of"),
     ("cov_ddim", "sample_offset", -1, "sample_offset must be a non-negative int"),
-    ("addim", "sigma_data", 0.0, "sigma_data must be a positive finite number"),
+    ("noisy_ddim", "sigma_data", 0.0, "sigma_data must be a finite number > 0"),
+    ("addim", "sigma_data", -1.0, "sigma_data must be a finite number > 0"),
 ])
 def test_bad_options(name, option, value, match):
     with pytest.raises(ValueError, match=match):
@@ -133,7 +134,7 @@ def test_more_bad_inputs_name_the_argument():
         call(model=lambda x, s: x, x=torch.zeros(2, 16), basis="identity")
     with pytest.raises(TypeError, match="dtype must be a floating-point"):
         ck.sample(MODEL, (1, 3, 8, 8), dtype=torch.int32, disable=True)
-    with pytest.raises(ValueError, match="s_churn must be a non-negative"):
+    with pytest.raises(ValueError, match="s_churn must be a finite number >= 0"):
         call("heun", s_churn=-1.0)
     with pytest.raises(ValueError, match="model returned a tensor on meta"):
         call("ddim", model=lambda x, s: torch.empty_like(x, device="meta"))

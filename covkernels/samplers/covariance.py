@@ -1,0 +1,81 @@
+"""Covariance-aware samplers: the step's noise has a covariance estimated from model JVPs.
+
+``cov_ddim`` (diagonal of J in a DCT / ConvDCT / pixel basis from one Hutchinson JVP per step),
+``diag_hutchinson`` (pixel diagonal from ``probes`` JVPs) and ``lanczos`` (full covariance through k Lanczos
+iterations). Each takes plain 1-NFE steps above ``cov_sigma_max`` (see :data:`COV_SIGMA_MAX`).
+"""
+from __future__ import annotations
+
+import torch
+from .. import steps as step_lib
+from .common import COV_SIGMA_MAX, check_inputs, context, covariance_loop
+from .registry import register
+
+
+@register("cov_ddim", family="covariance", needs_jvp=True, stochastic=True, windowed=True,
+          step_cost=lambda o: 2,
+          summary="covariance-aware DDIM: diagonal of J in a DCT/ConvDCT basis from one JVP",
+          variants={"cov_ddim/identity": {"basis": "identity"}, "cov_ddim/dct": {"basis": "dct"},
+                    "cov_ddim/convdct": {"basis": "convdct"}})
+@torch.no_grad()
+def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
+                    block=8, c_max=1.0, channel_average=True, cov_sigma_max=COV_SIGMA_MAX, guidance=None,
+                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
+    """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step.
+    2 NFE per step with ``sigma <= cov_sigma_max``, 1 on the others and on the last (see COV_SIGMA_MAX)."""
+    sigmas = check_inputs(x, sigmas)
+    eta = step_lib.check_eta(eta)
+    step_lib.check_basis(basis, block, x)
+    if not isinstance(channel_average, bool):
+        raise TypeError(f"channel_average must be a bool, got {channel_average!r}")
+    if channel_average and x.dim() != 4:
+        raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}; "
+                         f"pass channel_average=False for other data")
+    c_max = step_lib.check_c_max(c_max, allow_none=True)
+    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
+    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
+        c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max),
+        eta, cov_sigma_max)
+
+
+@register("diag_hutchinson", family="covariance", needs_jvp=True, stochastic=True, windowed=True,
+          step_cost=lambda o: 1 + o["probes"],
+          summary="pixel-diagonal covariance from Hutchinson probes (training-free OCM-DDPM diagonal)")
+@torch.no_grad()
+def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, probes=1,
+                           c_max=1.0, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto",
+                           generator=None, sample_offset=0, check_finite=True):
+    """Pixel-diagonal covariance from ``probes`` Hutchinson JVPs (training-free OCM-DDPM diagonal), no
+    channel averaging. ``1 + probes`` NFE per step with ``sigma <= cov_sigma_max``, 1 on the others."""
+    sigmas = check_inputs(x, sigmas)
+    eta = step_lib.check_eta(eta)
+    probes = step_lib.check_count(probes, "probes", 64)
+    c_max = step_lib.check_c_max(c_max, allow_none=True)
+    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
+    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
+        c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes),
+        eta, cov_sigma_max)
+
+
+@register("lanczos", family="covariance", needs_jvp=True, stochastic=True, windowed=True,
+          step_cost=lambda o: 1 + o["lanczos_steps"],
+          summary="Lanczos Gaussian Sampler: full covariance from k Lanczos JVPs",
+          variants={f"lanczos/k{k}": {"lanczos_steps": k} for k in (1, 2, 3, 5)})
+@torch.no_grad()
+def sample_lanczos(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, lanczos_steps=3,
+                   reorthogonalize=True, c_max=None, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto",
+                   backend="auto", generator=None, sample_offset=0, check_finite=True):
+    """Lanczos Gaussian Sampler: full posterior covariance through ``lanczos_steps`` Lanczos iterations of
+    JVPs started from the step noise. ``1 + lanczos_steps`` NFE per step with ``sigma <= cov_sigma_max``,
+    1 on the others and on the last."""
+    sigmas = check_inputs(x, sigmas)
+    eta = step_lib.check_eta(eta)
+    k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
+    c_max = step_lib.check_c_max(c_max, allow_none=True)
+    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
+    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.lanczos_step(
+        c, xx, i, st, ss, eta=eta, lanczos_steps=k, reorthogonalize=bool(reorthogonalize), c_max=c_max),
+        eta, cov_sigma_max)

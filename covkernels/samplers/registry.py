@@ -1,0 +1,133 @@
+"""The one registry of samplers: name -> :class:`SamplerSpec` (function, family, NFE formula, needs-JVP).
+
+``sample``, ``nfe_per_sample``, ``get_sampler``, the CLI, the evaluation grid and the adapters read it, so
+adding a sampler means registering it once in its family module (``samplers/<family>.py``). Families:
+
+- ``ode_single``: one-step ODE solvers (DDIM/Euler, Heun, aDDIM);
+- ``ode_multistep``: multistep ODE solvers reusing past model outputs (DPM-Solver++(2M), iPNDM, UniPC);
+- ``ancestral``: stochastic mean-only samplers (DDPM, noisy DDIM, DPM-Solver++ SDE);
+- ``covariance``: samplers whose noise has a covariance estimated from model JVPs.
+
+This module imports nothing of the family modules (they import it), so the arrows run one way.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+FAMILIES = ("ode_single", "ode_multistep", "ancestral", "covariance")
+
+# Options every sampler takes (k-diffusion's signature plus our randomness / checks); not "sampler options".
+COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator", "sample_offset",
+                     "check_finite")
+
+
+def _one(options: dict) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What the rest of the package needs to know about a sampler.
+
+    ``step_cost(options) -> int``: model evaluations of one regular step (a JVP counts as one, its primal as
+    another); the step to sigma = 0 always costs one. ``last_step_cost``: cost of the step to 0 (1 for
+    every sampler here). ``windowed``: steps that start above ``cov_sigma_max`` are plain 1-NFE steps.
+    ``variants``: evaluation-grid rows beyond the default, label -> options.
+    """
+
+    name: str
+    fn: Callable
+    family: str
+    summary: str
+    step_cost: Callable[[dict], int] = _one
+    needs_jvp: bool = False
+    stochastic: bool = False
+    windowed: bool = False
+    variants: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+
+    def options(self) -> tuple[str, ...]:
+        """The sampler's own keyword options (its signature minus the shared k-diffusion parameters)."""
+        params = inspect.signature(self.fn).parameters
+        return tuple(p for p in params if p not in COMMON_PARAMETERS)
+
+    def defaults(self) -> dict:
+        params = inspect.signature(self.fn).parameters
+        return {p: params[p].default for p in self.options()}
+
+
+REGISTRY: dict[str, SamplerSpec] = {}
+
+
+def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict], int] = _one,
+             needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None):
+    """Decorator: register ``sample_<name>`` once, with its family and NFE formula."""
+
+    def wrap(fn):
+        if name in REGISTRY:
+            raise ValueError(f"sampler {name!r} is registered twice")
+        REGISTRY[name] = SamplerSpec(name, fn, family, summary, step_cost, needs_jvp, stochastic, windowed,
+                                     dict(variants or {}))
+        return fn
+
+    return wrap
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def spec(name: str) -> SamplerSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"sampler must be one of {names()}, got {name!r}")
+    return REGISTRY[name]
+
+
+def get_sampler(name: str):
+    """The ``sample_<name>`` function of a registered sampler."""
+    return spec(name).fn
+
+
+def nfe_per_sample(sampler: str, sigmas, *, guided: bool = False, **options) -> int:
+    """Model evaluations per sample of a run (a JVP counts as one, its primal as another, as in the papers).
+
+    ``sigmas``: the schedule (or an int number of steps of a schedule ending in 0; then every step but the
+    last counts as a full step, also for the windowed covariance samplers). ``options``: the sampler's own
+    options that change the count (``lanczos_steps``, ``probes``, ``cov_sigma_max``, ...; defaults from its
+    signature); an option the sampler does not take raises TypeError. ``guided``: the count with classifier-free
+    guidance (JVP samplers: one unconditional forward more per step; others: every evaluation doubles). Lanczos is counted at its maximum (an early stop on an invariant
+    Krylov space saves JVPs).
+    """
+    from .common import check_cov_sigma_max
+
+    s_spec = spec(sampler)
+    accepted = s_spec.options()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"nfe_per_sample: {sampler!r} takes no option(s) {unknown}; its options: {list(accepted)}")
+    opts = {**s_spec.defaults(), **options}
+    if isinstance(sigmas, int) and not isinstance(sigmas, bool):
+        if sigmas < 1:
+            raise ValueError(f"sigmas as a number of steps must be >= 1, got {sigmas}")
+        s = [float("inf")] * sigmas + [0.0]
+    else:
+        s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten().tolist()
+    window = check_cov_sigma_max(opts["cov_sigma_max"]) if s_spec.windowed else float("inf")
+    per_step = s_spec.step_cost(opts)
+    total = 0
+    for t, u in zip(s[:-1], s[1:]):
+        plain = u == 0 or (t > window and not isinstance(sigmas, int))
+        cost = 1 if plain else per_step
+        if guided:
+            # JVP samplers add one unconditional forward per step (the covariance comes from the conditional
+            # JVP); every evaluation of a mean-only sampler is a guided pair (``cfg_denoiser``).
+            cost = cost + 1 if s_spec.needs_jvp else 2 * cost
+        total += cost
+    return total
