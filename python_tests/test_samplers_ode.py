@@ -162,3 +162,14 @@ def test_new_samplers_name_bad_options(name, option, value, match):
     x = torch.zeros(1, *model.event_shape, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
         ck.get_sampler(name)(model, x, torch.tensor([1.0, 0.0], dtype=torch.float64), disable=True, **{option: value})
+
+
+def test_readme_sampler_table_lists_the_registry():
+    """The README's sampler table and the registry cannot drift apart: same names, same order."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| name | family |"):]
+    table = table[:table.index("\n\n")]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    assert rows == list(ck.SAMPLERS)
