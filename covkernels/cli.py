@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--probe-jvp", choices=["gmm", "gaussian"], default=None,
                    help="run the jvp=auto selection on a built-in model first and report it")
     i.set_defaults(func=cmd_info)
+
+    from .bench import add_bench_parser  # the whole bench command lives in covkernels/bench.py
+    add_bench_parser(sub)
     return p
 
 
