@@ -60,3 +60,31 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
         return float((torch.cdist(query, support) <= radius.unsqueeze(0)).any(1).double().mean())
 
     return share_inside(r, f), share_inside(f, r)
+
+
+def kernel_distance(x: torch.Tensor, y: torch.Tensor, degree: int = 3) -> float:
+    """Unbiased squared MMD between sample sets ``(N, ...)`` and ``(M, ...)`` under the polynomial kernel
+    ``k(a, b) = (a . b / d + 1) ** degree`` (``d``: the flattened dimension) — the KID of Binkowski et al.
+    (2018) when ``x, y`` are network features.
+
+    Unlike the Frechet distance, whose bias falls like ``1/N`` and dominates small-``N`` comparisons, its
+    expectation is the population MMD^2 at every ``N`` (0 for equal distributions), so single estimates
+    can be negative; means over seeds are what to compare.
+    """
+    if x.dim() < 2 or y.dim() < 2 or x.shape[1:] != y.shape[1:]:
+        raise ValueError(f"x and y must be (N, ...) with the same event shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError("need at least 2 samples in each set")
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree must be a positive int, got {degree!r}")
+    a = x.detach().to("cpu", torch.float64).flatten(1)
+    b = y.detach().to("cpu", torch.float64).flatten(1)
+    d, m, n = a.shape[1], a.shape[0], b.shape[0]
+
+    def gram(u, v):
+        return (u @ v.T / d + 1.0) ** degree
+
+    kxx, kyy = gram(a, a), gram(b, b)
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))  # i != j only: the unbiased U-statistic
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(within_x + within_y - 2.0 * gram(a, b).mean())

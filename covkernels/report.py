@@ -1,89 +1,150 @@
 """Reports of an evaluation (:func:`covkernels.evaluation.evaluate`): CSV, Markdown tables, PNG plot.
 
-Files under ``out_dir``: ``quality_<model>.csv`` (one row per cell), ``quality_<model>.md`` (one table per
-metric: samplers x NFE budgets, best per column in bold, the exact-vs-exact / data-vs-data floor in the
-last row) and ``quality_<model>.png`` (main metric vs NFE, one line per sampler; needs matplotlib, the
-``plot`` extra — without it the PNG is skipped with a note).
+Files under ``out_dir``: ``quality_<model>.csv`` (one row per cell; lists as JSON text),
+``quality_<model>.md`` (per table — default schedule, best schedule — and metric: samplers x NFE budgets,
+cells ``mean ± half-width [steps]``, the paired verdicts against the best baseline of each column, the floor
+in the last row, and for the main metric which sampler wins each column) and ``quality_<model>.png`` (main
+metric vs NFE with 95% intervals, one panel per table; needs matplotlib, the ``plot`` extra — without it
+the PNG is skipped with a note).
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import textwrap
 
-METRICS = {  # metric -> (title, lower is better)
-    "fd_pooled": ("Frechet distance to exact samples, 4x4 average-pooled pixels", True),
-    "fd_pixels": ("Frechet distance to exact samples, pixel space", True),
-    "loglik_gap": ("log-likelihood gap under the true density, nats/dim (0 is ideal; > 0: too spread)", None),
-    "w2": ("exact W2^2 of the samples' Gaussian fit to the true Gaussian", True),
-    "fd_features": ("Frechet distance to the real digits, classifier features", True),
-    "precision": ("precision (k-NN, classifier features)", False),
-    "recall": ("recall (k-NN, classifier features)", False),
-}
+from .testbeds import all_metrics, get_testbed
+
+TABLE_TITLES = {"default": "common default schedule", "best": "each sampler at its best schedule"}
+
+
+def metrics_of(state: dict) -> dict:
+    """``{metric: (title, lower_is_better)}`` of the state's testbed (every known metric if not registered)."""
+    try:
+        return get_testbed(state["config"]["model"]).metrics
+    except ValueError:
+        return all_metrics()
 
 
 def main_metric(state: dict) -> str:
-    return "fd_features" if state["config"]["model"] == "digits" else "fd_pooled"
+    try:
+        return get_testbed(state["config"]["model"]).main_metric
+    except ValueError:
+        return next(m for m in metrics_of(state) if m in (state["cells"] or [{}])[0])
 
 
-def table(state: dict, metric: str) -> dict:
-    """``{sampler: {nfe_budget: cell}}`` in grid order."""
+def table(state: dict, metric: str, which: str = "default") -> dict:
+    """``{sampler: {nfe_budget: cell}}`` of one table, in grid order."""
     out: dict = {}
     for cell in state["cells"]:
-        if metric in cell:
+        if metric in cell and cell.get("table", "default") == which:
             out.setdefault(cell["sampler"], {})[cell["nfe_budget"]] = cell
     return out
 
 
+def _half(cell: dict, metric: str) -> float:
+    lo, hi = cell.get(f"{metric}_ci95", [math.nan, math.nan])
+    return 0.5 * (hi - lo) if lo is not None and hi is not None else math.nan
+
+
+def cell_text(cell: dict, metric: str, which: str) -> str:
+    """``mean ± half-width [steps]`` (best table: ``[steps; schedule sigma_min]``); a paired win against the
+    best baseline in bold, a paired loss with ``(-)``, the best baseline itself in italics."""
+    where = f"{cell['steps']}" if which == "default" else f"{cell['steps']}; {cell['schedule']} {cell['sigma_min']:g}"
+    text = f"{cell[metric]:.4g} ± {_half(cell, metric):.2g} [{where}]"
+    vs = cell.get("vs_baseline", {}).get(metric)
+    if vs is None:
+        return text
+    if vs["baseline"] == cell["sampler"]:
+        return f"*{text}*"
+    return {"win": f"**{text}**", "loss": f"{text} (-)"}.get(vs["verdict"], text)
+
+
+def winners(state: dict, metric: str, which: str) -> list[str]:
+    """One line per NFE column: the cells whose paired interval beats the best baseline, or that none does."""
+    lines = []
+    for nfe in sorted({c["nfe_budget"] for c in state["cells"] if c.get("table", "default") == which}):
+        column = [c for c in state["cells"] if c.get("table", "default") == which and c["nfe_budget"] == nfe]
+        vs = [(c, c.get("vs_baseline", {}).get(metric)) for c in column]
+        vs = [(c, v) for c, v in vs if v is not None]
+        if not vs:
+            continue
+        base = vs[0][1]["baseline"]
+        wins = [f"`{c['sampler']}` ({v['diff']:+.3g} [{v['diff_ci95'][0]:.3g}, {v['diff_ci95'][1]:.3g}], "
+                f"{100 * v['relative']:+.0f}%)" for c, v in vs if v["verdict"] == "win"]
+        lines.append(f"- {nfe} NFE: " + (f"beat the best baseline `{base}`: " + ", ".join(wins) if wins else
+                                          f"no sampler beats the best baseline `{base}` with significance"))
+    return lines
+
+
 def markdown(state: dict, command: str | None = None) -> str:
     cfg = state["config"]
-    nfes = sorted({c["nfe_budget"] for c in state["cells"]})
+    seeds = cfg.get("seeds", [cfg.get("seed")])
     lines = [f"# Sample quality on `{cfg['model']}`", ""]
     if command:
         lines += [f"Reproduce: `{command}`", ""]
-    lines += [f"N = {cfg['num_samples']} samples per cell, seed {cfg['seed']}, {cfg['schedule']} schedule "
-              f"(sigma {cfg['sigma_max']} -> {cfg['sigma_min']}, rho {cfg['rho']}) then 0, jvp = {cfg['jvp']}"
-              + (f", options {cfg['options']}" if cfg["options"] else "") + ". Cells: metric [steps]; a cell "
-              "gets the most steps whose NFE fits the budget (a JVP = 1 NFE, its primal another).", ""]
-    for metric, (title, lower) in METRICS.items():
-        rows = table(state, metric)
-        if not rows:
-            continue
-        best = {}
-        if lower is not None:
-            for n in nfes:
-                vals = [r[n][metric] for r in rows.values() if n in r]
-                best[n] = (min if lower else max)(vals) if vals else None
-        lines += [f"## {title}", "", "| sampler | " + " | ".join(f"{n} NFE" for n in nfes) + " |",
-                  "|---|" + "---:|" * len(nfes)]
-        for label, r in rows.items():
-            cells = []
-            for n in nfes:
-                if n not in r:
-                    cells.append("n/a")
-                    continue
-                text = f"{r[n][metric]:.4g} [{r[n]['steps']}]"
-                cells.append(f"**{text}**" if best.get(n) == r[n][metric] else text)
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        floor = (state.get("floor") or {}).get(metric)
-        if floor is not None:
-            name = "real data vs real data" if cfg["model"] == "digits" else "exact vs exact samples"
-            lines.append(f"| *{name}* | " + " | ".join(f"{floor:.4g}" for _ in nfes) + " |")
-        lines.append("")
+    tuning = cfg.get("tuning", {})
+    lines += [f"N = {cfg['num_samples']} samples per cell and seed, S = {len(seeds)} seeds {seeds} shared by all "
+              f"samplers; default schedule {cfg['schedule']} (sigma {cfg['sigma_max']} -> {cfg['sigma_min']}, "
+              f"rho {cfg['rho']}) then 0, jvp = {cfg['jvp']}"
+              + (f", options {cfg['options']}" if cfg["options"] else "") + ". Cells: mean ± 95% half-width over "
+              "seeds (Student t) [steps]; a cell gets the most steps whose NFE fits the budget (a JVP = 1 NFE, its "
+              "primal another). Against the best baseline (mean-only sampler) of each column, paired over seeds: "
+              "**bold** = better with a 95% interval excluding 0, (-) = worse likewise, *italics* = that baseline.",
+              ""]
+    if "best" in cfg.get("tables", []):
+        lines += [f"Best schedule: per sampler and budget the best of {tuning.get('schedules')} x sigma_min "
+                  f"{tuning.get('sigma_mins')} (and the default) in `{tuning.get('metric')}` on the held-out seed "
+                  f"{tuning.get('seed')}; cells read [steps; schedule sigma_min].", ""]
+    metrics = metrics_of(state)
+    floor_label = "floor"
+    try:
+        floor_label = get_testbed(cfg["model"]).floor_label
+    except ValueError:
+        pass
+    main = main_metric(state)
+    for which in cfg.get("tables", ["default"]):
+        nfes = sorted({c["nfe_budget"] for c in state["cells"] if c.get("table", "default") == which})
+        lines += [f"## {TABLE_TITLES.get(which, which)}", ""]
+        lines += [f"Wins in `{main}`:"] + winners(state, main, which) + [""]
+        for metric, (title, _) in metrics.items():
+            rows = table(state, metric, which)
+            if not rows:
+                continue
+            lines += [f"### {title} ({which} schedule)", "",
+                      "| sampler | " + " | ".join(f"{n} NFE" for n in nfes) + " |", "|---|" + "---:|" * len(nfes)]
+            for label, r in rows.items():
+                lines.append(f"| {label} | " + " | ".join(cell_text(r[n], metric, which) if n in r else "n/a"
+                                                           for n in nfes) + " |")
+            floor = state.get("floor") or {}
+            if metric in floor:
+                text = f"{floor[metric]:.4g} ± {_half(floor, metric):.2g}"
+                lines.append(f"| *{floor_label}* | " + " | ".join(text for _ in nfes) + " |")
+            lines.append("")
     return "\n".join(lines)
+
+
+def _csv_row(cell: dict) -> dict:
+    row = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in cell.items() if k != "vs_baseline"}
+    for metric, vs in cell.get("vs_baseline", {}).items():
+        row.update({f"{metric}_baseline": vs["baseline"], f"{metric}_diff": vs["diff"],
+                    f"{metric}_diff_ci95": json.dumps(vs["diff_ci95"]), f"{metric}_verdict": vs["verdict"]})
+    return row
 
 
 def write_reports(state: dict, out_dir: str, command: str | None = None) -> list[str]:
     """Write the CSV, Markdown and (with matplotlib; else no PNG) files; return their paths."""
-    name = state["config"]["model"]
-    base = os.path.join(out_dir, f"quality_{name}")
-    keys = []
-    for cell in state["cells"]:
-        keys += [k for k in cell if k not in keys]
+    base = os.path.join(out_dir, f"quality_{state['config']['model']}")
+    rows = [_csv_row(c) for c in state["cells"]]
+    keys: list = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
     with open(base + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
-        w.writerows(state["cells"])
+        w.writerows(rows)
     with open(base + ".md", "w") as f:
         f.write(markdown(state, command))
     paths = [base + ".csv", base + ".md"]
@@ -92,7 +153,9 @@ def write_reports(state: dict, out_dir: str, command: str | None = None) -> list
     return paths
 
 
-def plot(state: dict, path: str) -> bool:
+def plot(state: dict, path: str, return_figure: bool = False):
+    """Main metric vs NFE spent, mean and 95% interval per sampler, one panel per table. Returns False without
+    matplotlib; with ``return_figure`` the open figure instead of closing it (tests measure its layout)."""
     try:
         import matplotlib
 
@@ -101,29 +164,50 @@ def plot(state: dict, path: str) -> bool:
     except ImportError:
         return False
     metric = main_metric(state)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    rows = table(state, metric)
+    tables = state["config"].get("tables", ["default"])
+    fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), dpi=110, sharey=True, squeeze=False)
     colours = plt.get_cmap("tab20").colors
-    for i, (label, r) in enumerate(rows.items()):
-        nfes = sorted(r)
-        style = "-" if label.startswith(("cov_ddim", "lanczos", "diag")) else "--"
-        ax.plot([r[n]["nfe"] for n in nfes], [r[n][metric] for n in nfes], style, marker="o", ms=3, label=label,
-                color=colours[(2 * i) % 20 + (2 * i) // 20])
-    values = sorted(c[metric] for r in rows.values() for c in r.values() if math.isfinite(c[metric]))
+    values, floor = [], (state.get("floor") or {}).get(metric)
+    for ax, which in zip(axes[0], tables):
+        for i, (label, r) in enumerate(table(state, metric, which).items()):
+            nfes = sorted(r)
+            mean = [r[n][metric] for n in nfes]
+            lo, hi = zip(*(_error_bar(r[n], metric) for n in nfes))
+            ax.errorbar([r[n]["nfe"] for n in nfes], mean, yerr=[lo, hi], fmt="--" if is_mean_only(label) else "-",
+                        marker="o", ms=3, capsize=2, lw=1, label=label, color=colours[(2 * i) % 20 + (2 * i) // 20])
+            values += [m for m in mean if math.isfinite(m) and m > 0]
+        if floor is not None and math.isfinite(floor) and floor > 0:
+            ax.axhline(floor, color="grey", lw=0.8, ls=":", label="floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE per sample (spent)")
+        ax.set_title(TABLE_TITLES.get(which, which), fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
     if values:  # a diverging sampler at its smallest budget would squash every other line: cut at 5x the median
-        floor = (state.get("floor") or {}).get(metric)
-        floor = values[0] if floor is None or not math.isfinite(floor) else floor
-        ax.set_ylim(0.8 * min(values[0], floor), min(values[-1], 5 * values[len(values) // 2]) * 1.25)
-    floor = (state.get("floor") or {}).get(metric)
-    if floor is not None:
-        ax.axhline(floor, color="grey", lw=0.8, ls=":", label="floor")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE per sample (spent)")
-    ax.set_ylabel(METRICS[metric][0])
-    ax.set_title(f"{state['config']['model']}: N = {state['config']['num_samples']} per point")
-    ax.legend(fontsize=7, ncol=2)
+        values.sort()
+        low = min(values[0], floor) if floor is not None and math.isfinite(floor) and floor > 0 else values[0]
+        axes[0][0].set_ylim(0.8 * low, min(values[-1], 5 * values[len(values) // 2]) * 1.25)
+    # a long metric title as one line runs off the figure's edge: wrap it and let the layout make room
+    axes[0][0].set_ylabel("\n".join(textwrap.wrap(metrics_of(state)[metric][0] + " (mean, 95% CI)", 42)))
+    cfg = state["config"]
+    fig.suptitle(f"{cfg['model']}: N = {cfg['num_samples']} per seed, {len(cfg.get('seeds', [0]))} seeds per point")
     fig.tight_layout()
     fig.savefig(path)
+    if return_figure:
+        return fig
     plt.close(fig)
     return True
+
+
+def _error_bar(cell: dict, metric: str) -> tuple[float, float]:
+    """``(below, above)`` the mean of its 95% interval; clipped above 0 (the log axis), 0 without an interval."""
+    m, (lo, hi) = cell[metric], cell.get(f"{metric}_ci95") or [math.nan, math.nan]
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(m)):
+        return 0.0, 0.0
+    return min(max(0.0, m - lo), 0.999 * m if m > 0 else 0.0), max(0.0, hi - m)
+
+
+def is_mean_only(label: str) -> bool:
+    from .grid import VARIANTS, is_baseline
+
+    return label not in VARIANTS or is_baseline(label)
