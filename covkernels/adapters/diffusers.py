@@ -98,8 +98,9 @@ def sample(pipe_or_unet, scheduler=None, sampler: str = "cov_ddim", num_inferenc
     bare UNet with ``scheduler``. Conditioning goes in ``extra_args`` (``class_labels``,
     ``encoder_hidden_states``); with ``guidance_scale`` the unconditional branch gets ``uncond_args`` and
     the samplers with a ``guidance`` option use the JVP engine's guided step (3 evaluations per step); the
-    mean-only baselines get a guided denoiser. ``latents``: initial VP noise (else drawn from
-    ``generator``). Latent pipelines are decoded with their VAE; ``cov_ddim`` on them warns once
+    mean-only baselines get a guided denoiser (with the registry's guided defaults, e.g. UniPC order 2, unless
+    given). ``latents``: initial VP noise (else drawn from
+    ``generator``). Latent pipelines are decoded with their VAE; the covariance samplers on them warn once
     (:class:`LatentDiffusionWarning`). ``options`` go to the sampler.
     """
     import inspect
@@ -107,13 +108,14 @@ def sample(pipe_or_unet, scheduler=None, sampler: str = "cov_ddim", num_inferenc
 
     from .. import sampling
     from ..guidance import Guidance, cfg_denoiser
+    from ..samplers import spec
 
     unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
     scheduler = scheduler if scheduler is not None else getattr(pipe_or_unet, "scheduler", None)
     if scheduler is None:
         raise ValueError("scheduler is required when pipe_or_unet is a bare UNet")
     vae = getattr(pipe_or_unet, "vae", None)
-    if vae is not None and sampler in ("cov_ddim", "diag_hutchinson"):
+    if vae is not None and spec(sampler).family == "covariance":
         warnings.warn(f"{sampler} on a latent diffusion model: structured covariance noise is reported to hurt "
                       f"latent models (plain ddim wins); proceeding", LatentDiffusionWarning, stacklevel=2)
     model = DiffusersDenoiser(unet, scheduler)
@@ -128,6 +130,7 @@ def sample(pipe_or_unet, scheduler=None, sampler: str = "cov_ddim", num_inferenc
     x = latents.to(param.dtype) * (1 + sigmas[0] ** 2).sqrt().to(param.dtype)  # VP noise -> sigma space
     if guidance_scale is not None:
         g = Guidance(float(guidance_scale), uncond_args=uncond_args)
+        options = {**spec(sampler).guided_defaults, **options}  # e.g. UniPC's order 2 under guidance
         if "guidance" in inspect.signature(fn).parameters:
             options["guidance"] = g
         else:

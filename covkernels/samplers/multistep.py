@@ -173,7 +173,8 @@ def _unipc_update(x, lams, outputs, i_from, i_to, order, variant, s, new_output=
 
 @register("unipc", family="ode_multistep",
           summary="UniPC (bh2, data prediction): UniP predictor + UniC corrector reusing the next evaluation "
-                  "(= diffusers UniPCMultistepScheduler)")
+                  "(= diffusers UniPCMultistepScheduler)", guided_defaults={"order": 2},
+          variants={"unipc/order2": {"order": 2}})
 @torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, order=3, variant="bh2",
                  corrector=True, lower_order_final=True, generator=None, sample_offset=0, check_finite=True):

@@ -36,7 +36,8 @@ class SamplerSpec:
     ``step_cost(options) -> int``: model evaluations of one regular step (a JVP counts as one, its primal as
     another); the step to sigma = 0 always costs one. ``last_step_cost``: cost of the step to 0 (1 for
     every sampler here). ``windowed``: steps that start above ``cov_sigma_max`` are plain 1-NFE steps.
-    ``variants``: evaluation-grid rows beyond the default, label -> options.
+    ``variants``: evaluation-grid rows beyond the default, label -> options. ``guided_defaults``: option
+    defaults that change under classifier-free guidance (UniPC: order 2), applied by the adapters.
     """
 
     name: str
@@ -48,6 +49,7 @@ class SamplerSpec:
     stochastic: bool = False
     windowed: bool = False
     variants: dict = field(default_factory=dict)
+    guided_defaults: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -67,14 +69,15 @@ REGISTRY: dict[str, SamplerSpec] = {}
 
 
 def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict], int] = _one,
-             needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None):
+             needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None,
+             guided_defaults: dict | None = None):
     """Decorator: register ``sample_<name>`` once, with its family and NFE formula."""
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"sampler {name!r} is registered twice")
         REGISTRY[name] = SamplerSpec(name, fn, family, summary, step_cost, needs_jvp, stochastic, windowed,
-                                     dict(variants or {}))
+                                     dict(variants or {}), dict(guided_defaults or {}))
         return fn
 
     return wrap
