@@ -8,84 +8,16 @@ import shlex
 import os
 import platform
 import sys
-import time
 
 import torch
 
 from . import __version__
 from .evaluation import EVAL_MODELS, NFES, VARIANTS
-from .sampling import SAMPLERS, nfe_per_sample, sample
-from .schedules import SCHEDULES, get_sigmas
-
-
-def _sampler_options(args) -> dict:
-    opts = {}
-    if args.eta is not None:
-        if args.sampler in ("ddim", "heun", "dpmpp_2m"):
-            raise SystemExit(f"--eta does not apply to the deterministic sampler {args.sampler!r}")
-        opts["eta"] = args.eta
-    if args.sampler == "cov_ddim":
-        opts.update(basis=args.basis, block=args.block)
-    if args.sampler == "lanczos":
-        opts["lanczos_steps"] = args.lanczos_steps
-    if args.sampler in ("cov_ddim", "diag_hutchinson", "lanczos"):
-        opts.update(jvp=args.jvp, backend=args.backend)
-        if args.cov_sigma_max is not None:
-            opts["cov_sigma_max"] = args.cov_sigma_max
-    elif args.cov_sigma_max is not None:
-        raise SystemExit(f"--cov-sigma-max applies to the covariance samplers, not to {args.sampler!r}")
-    return opts
-
-
-def cmd_sample(args) -> int:
-    from .imageio import save_grid
-    from .metrics import frechet_distance
-    from .models import get_model
-
-    device = torch.device(args.device)
-    model = get_model(args.model).to(device)
-    sigmas = get_sigmas(args.schedule, args.steps, args.sigma_min, args.sigma_max)
-    opts = _sampler_options(args)
-    n_total = max(args.num, args.num_eval)
-    chunks, start = [], time.perf_counter()
-    for offset in range(0, n_total, args.batch_size):
-        # Every chunk re-seeds the same generator and passes its sample_offset: the samples are those of
-        # one big batch, whatever --batch-size is (the documented sharding recipe).
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        b = min(args.batch_size, n_total - offset)
-        chunks.append(sample(model, (b, *model.event_shape), args.sampler, steps=args.steps,
-                             sigma_min=args.sigma_min, sigma_max=args.sigma_max, schedule=args.schedule,
-                             generator=gen, device=device, disable=args.quiet or None, sample_offset=offset,
-                             **opts).cpu())
-    samples = torch.cat(chunks)
-    elapsed = time.perf_counter() - start
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    save_grid(samples[:args.num], args.out, scale=args.scale)
-    nfe = nfe_per_sample(args.sampler, sigmas, **{k: v for k, v in opts.items()
-                                                  if k in ("lanczos_steps", "probes", "cov_sigma_max")})
-    line = (f"{args.sampler} on {args.model}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
-            f"{elapsed:.2f} s")
-    if args.num_eval >= 4 and args.model == "digits":
-        from .evaluation import Scorer
-
-        m = Scorer("digits", model.cpu(), args.num_eval, args.seed)(samples[:args.num_eval])
-        line += (f" | vs the real digits in classifier features (N={args.num_eval}): Frechet distance "
-                 f"{m['fd_features']:.3f}, precision {m['precision']:.3f}, recall {m['recall']:.3f}")
-    elif args.num_eval >= 2 and args.model != "digits":
-        ref_gen = torch.Generator().manual_seed(args.seed + 1)
-        exact = model.cpu().sample(args.num_eval, generator=ref_gen)
-        exact2 = model.sample(args.num_eval, generator=ref_gen)
-        got = samples[:args.num_eval]
-        pool = max(1, model.event_shape[-1] // 8)
-        coarse = [torch.nn.functional.avg_pool2d(t.float(), pool) for t in (got, exact, exact2)]
-        line += (f" | Frechet distance to exact samples (pixel space, N={args.num_eval}): "
-                 f"full res {frechet_distance(got, exact):.3f} (exact-vs-exact floor {frechet_distance(exact2, exact):.3f}), "
-                 f"pooled to {got.shape[-2] // pool}x{got.shape[-1] // pool} {frechet_distance(coarse[0], coarse[1]):.4f} "
-                 f"(floor {frechet_distance(coarse[2], coarse[1]):.4f})")
-    print(line)
-    print(f"wrote {args.out}")
-    return 0
+from .cli_sample import cmd_sample
+from .ops.dispatch import BACKENDS
+from .jvp import STRATEGIES
+from .sampling import SAMPLERS
+from .schedules import SCHEDULES
 
 
 def cmd_eval(args) -> int:
@@ -182,42 +114,60 @@ def cmd_info(args) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser, sigma_min: float) -> None:
     """The options ``sample`` and ``eval`` share: batching, seed, device, schedule, covariance window."""
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--schedule", default="karras", choices=SCHEDULES)
-    p.add_argument("--sigma-min", type=float, default=sigma_min)
-    p.add_argument("--sigma-max", type=float, default=80.0)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="samples per sampler call (results do not depend on it: the noise is counter-based)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run's torch.Generator")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule")
+    p.add_argument("--sigma-min", type=float, default=sigma_min, help="smallest nonzero sigma of the schedule")
+    p.add_argument("--sigma-max", type=float, default=80.0, help="largest sigma (the initial noise level)")
     p.add_argument("--cov-sigma-max", type=float, default=None,
                    help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None``: those options say in their help what leaving them unset means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covkernels", description="covariance-aware diffusion samplers")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelpFormatter
     p.add_argument("--version", action="version", version=f"covkernels {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample a built-in model (gmm, gaussian, digits), write a PNG grid, print a quality figure",
                        formatter_class=fmt)
-    s.add_argument("--model", default="gmm", choices=["gmm", "gaussian", "digits"])
-    s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS)
+    s.add_argument("--model", default="gmm", choices=["gmm", "gaussian", "digits"],
+                   help="built-in model: gmm (Gaussian-mixture oracle, 3x32x32), gaussian (Gaussian oracle), "
+                        "digits (trained UNet, 1x16x16)")
+    s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS,
+                   help="sampler; its options below apply only where it takes them (others are refused)")
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
-    s.add_argument("--out", default="grid.png", help="PNG file for the grid of the first --num samples")
+    s.add_argument("--out", default="grid.png", help="PNG file (.png) for the grid of the first --num samples")
     s.add_argument("--num", type=int, default=64, help="samples shown in the grid")
     s.add_argument("--num-eval", type=int, default=1024,
-                   help="samples for the Frechet distance (most of the run time; 0 skips it)")
+                   help="samples for the Frechet distance (most of the run time; 0 skips it; a warning below "
+                        "256, where its small-sample bias dominates)")
     _add_run_options(s, sigma_min=0.002)
-    s.add_argument("--eta", type=float, default=None, help="ancestral noise level (sampler default if unset)")
-    s.add_argument("--basis", default="convdct", choices=["identity", "dct", "convdct"], help="cov_ddim basis")
-    s.add_argument("--block", type=int, default=8, help="cov_ddim convdct block size")
-    s.add_argument("--lanczos-steps", type=int, default=3)
-    s.add_argument("--jvp", default="auto", choices=["auto", "forward_ad", "double_vjp", "finite_difference",
-                                                     "central_difference"], help="JVP strategy")
-    s.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp", "cuda"],
-                   help="fused-op backend")
-    s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--eta", type=float, default=None,
+                   help="ancestral noise level in [0, 1], for samplers with an eta option (sampler default if unset)")
+    s.add_argument("--basis", default=None, choices=["identity", "dct", "convdct"],
+                   help="cov_ddim: basis of the covariance diagonal (sampler default if unset: convdct)")
+    s.add_argument("--block", type=int, default=None, help="cov_ddim: convdct block size (sampler default if unset: 8)")
+    s.add_argument("--lanczos-steps", type=int, default=None,
+                   help="lanczos: Lanczos iterations (JVPs) per step (sampler default if unset: 3)")
+    s.add_argument("--probes", type=int, default=None,
+                   help="diag_hutchinson: Hutchinson probes (JVPs) per step (sampler default if unset: 1)")
+    s.add_argument("--jvp", default=None, choices=STRATEGIES,
+                   help="covariance samplers: JVP strategy (sampler default if unset: auto)")
+    s.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="covariance samplers: fused-op backend (sampler default if unset: auto)")
+    s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid (>= 1)")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress (otherwise a bar on a terminal, plain lines on stderr elsewhere)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="quality grid: samplers x NFE budgets, tables + plot under --out",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 import zlib
 
@@ -43,5 +44,10 @@ def write_png(path: str, rgb: torch.Tensor) -> None:
 
 
 def save_grid(x: torch.Tensor, path: str, nrow: int | None = None, scale: int = 1) -> None:
-    """Save ``(B, C, H, W)`` images in [-1, 1] as one PNG grid."""
+    """Save ``(B, C, H, W)`` images in [-1, 1] as one PNG grid; ``path`` must end in ``.png`` (PNG is the
+    only format written, and PNG bytes under another suffix mislead viewers)."""
+    if os.path.splitext(str(path))[1].lower() != ".png":
+        raise ValueError(f"path must name a .png file (the grid is written as PNG), got {str(path)!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an int >= 1, got {scale!r}")
     write_png(path, to_uint8_grid(x, nrow=nrow, scale=scale))

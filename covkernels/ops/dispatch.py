@@ -70,8 +70,15 @@ def _probe(name: str) -> tuple[Backend | None, str]:
 
 
 def backend_status() -> dict[str, tuple[bool, str]]:
-    """``{name: (available, reason)}`` for every concrete backend (what ``covkernels info`` prints)."""
-    return {name: (_probe(name)[0] is not None, _probe(name)[1]) for name in BACKENDS[1:]}
+    """``{name: (available, reason)}`` for every concrete backend on this machine (what ``covkernels info``
+    prints): a backend is available when it loads AND some device here can run it, so Triton without a
+    CUDA device counts only under ``TRITON_INTERPRET=1``. Queries CUDA when called, never at import."""
+    status = {name: (_probe(name)[0] is not None, _probe(name)[1]) for name in BACKENDS[1:]}
+    if status["triton"][0] and os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        status["triton"] = (False, f"triton {__import__('triton').__version__} imports, but its kernels need CUDA "
+                                   f"tensors and this machine has no usable CUDA device (TRITON_INTERPRET=1 set "
+                                   f"before covkernels imports Triton runs them on CPU tensors: slow, for tests)")
+    return status
 
 
 def _triton_backend() -> Backend:
