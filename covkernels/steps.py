@@ -1,4 +1,4 @@
-"""One reverse step of each covariance-aware method, backend-agnostic (DESIGN.md 1).
+"""One reverse step of each covariance-aware method, backend-agnostic (docs/design.md, section 2).
 
 A :class:`StepContext` holds what one sampling call shares across steps: the validated model caller
 (shape/dtype/finiteness checks, NFE count), the run seed drawn once from the caller's generator, the

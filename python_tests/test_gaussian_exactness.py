@@ -1,4 +1,4 @@
-"""The sanity property of DESIGN.md 1: with Gaussian data and the exact denoiser, a sampler that uses the
+"""The check of docs/design.md, section 2: with Gaussian data and the exact denoiser, a sampler that uses the
 exact reverse-step covariance is exact in any number of steps, even one; DDIM is not.
 
 "One step" is one stochastic step sigma_max -> sigma_min followed by the final mean-only step to 0

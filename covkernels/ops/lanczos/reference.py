@@ -1,4 +1,4 @@
-"""Lanczos Gaussian sampling pieces (DESIGN.md 1b), pure PyTorch, batched per sample.
+"""Lanczos Gaussian sampling pieces (docs/design.md, "Lanczos Gaussian sampler"), pure PyTorch, batched per sample.
 
 The loop itself (which calls the model for ``J q_j``) lives in ``covkernels.steps``; the ops here never
 call the model:
@@ -80,7 +80,7 @@ def krylov_matrix(hs: list[torch.Tensor], betas: list[torch.Tensor]) -> torch.Te
 
     ``M = Q^T J Q`` is upper Hessenberg: column ``j`` holds ``h_j`` above the diagonal and ``beta_j`` just
     below. For a symmetric J, ``sym(M)`` is the Lanczos tridiagonal; for the non-symmetric Jacobians of
-    trained networks it is the projection of ``sym(J)`` (DESIGN.md 1: the covariance uses the symmetric
+    trained networks it is the projection of ``sym(J)`` (docs/design.md, section 2: the covariance uses the symmetric
     part of J), where ``beta`` alone would absorb the antisymmetric part.
     """
     k, b = len(hs), hs[0].shape[0]

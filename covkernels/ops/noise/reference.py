@@ -1,6 +1,6 @@
 """Hutchinson coefficient estimate and structured noise synthesis (the ``cov_ddim`` step), pure PyTorch.
 
-Notation (DESIGN.md 1a): ``F`` is the orthonormal basis (identity / dct / convdct), ``J = dD/dx``, and
+Notation (docs/design.md, "cov_ddim"): ``F`` is the orthonormal basis (identity / dct / convdct), ``J = dD/dx``, and
 ``J ~= F^T diag(c) F``. One Hutchinson probe ``z`` (Rademacher, coefficient space) gives the tangent
 ``v = F^T z``; from ``Jv`` the estimate is ``c_hat = z * (F Jv)``. The step then draws
 
