@@ -4,8 +4,10 @@
 # installs covkernels from the tree (no dependencies fetched; a .whl/ folder of carried wheels, e.g.
 # diffusers and its needs, is installed first), runs the whole python_tests suite on the GPU (Triton
 # kernels compiled for real, bf16 included, the race checks), every microbenchmark, the JVP-cost and
-# step-cost benchmarks, and writes at most 8 files under DIR (default $OUT, else benchmarks/results/gpu):
-# info.json, tests.log, ops_cuda.json, ops_cuda.md, jvp_cost_cuda.md, step_cost_cuda.md, summary.md.
+# step-cost benchmarks and `covkernels bench`, and writes at most 8 files under DIR (default $OUT, else
+# benchmarks/results/gpu):
+# info.json, tests.log, ops_cuda.json, ops_cuda.md, jvp_cost_cuda.md, step_cost_cuda.md,
+# bench_cuda_unet64.json (`covkernels bench`), summary.md.
 # Phases fit the device tool's 10-minute call: `--phase tests` then `--phase bench` if needed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,9 @@ if [ "$phase" = all ] || [ "$phase" = bench ]; then
      && timeout 120 python3 step_cost.py --device cuda --batch 64 --size 64 --guided-batches 1 8 64 --name step_cost_cuda) \
      > /dev/null 2>&1 || status_bench=$?
   cp benchmarks/results/jvp_cost_cuda.md benchmarks/results/step_cost_cuda.md "$out/" 2>/dev/null || true
+  # the user-facing per-step overhead on the 64x64 UNet at batch 64 (every sampler, reference vs triton)
+  timeout 180 python3 -m covkernels bench --model unet64 --shape 64,3,64,64 --device cuda \
+    --out "$out/bench_cuda_unet64.json" > /dev/null 2>&1 || status_bench=$?
 fi
 {
   echo "# GPU check"
