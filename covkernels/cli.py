@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="versions, devices, available backends and why the others are not")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="the same report as JSON (for scripts and bug reports)")
     i.add_argument("--probe-jvp", choices=["gmm", "gaussian"], default=None,
                    help="run the jvp=auto selection on a built-in model first and report it")
     i.set_defaults(func=cmd_info)

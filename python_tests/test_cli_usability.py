@@ -124,10 +124,11 @@ def test_warnings_only_where_known_degenerate():
     assert "no quality figure" in warned(["--model", "digits", "--num-eval", "3"])[0]
 
 
-def test_every_sample_option_has_help_text():
+@pytest.mark.parametrize("command", ["sample", "info"])
+def test_every_option_has_help_text(command):
     parser = build_parser()
-    sample = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "sample")[1]
-    missing = [a.option_strings for a in sample._actions if not a.help]
+    sub = parser._subparsers._group_actions[0].choices[command]
+    missing = [a.option_strings for a in sub._actions if not a.help]
     assert missing == []
 
 
