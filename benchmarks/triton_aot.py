@@ -192,16 +192,20 @@ def _child(conn, variant: Variant, arch: int) -> None:
     try:
         conn.send(compile_variant(variant, arch))
     except Exception as exc:  # a compile error is a result, reported in the JSON
-        cause = exc.__cause__ or exc  # Triton's CompilationError wraps the real error
-        where = str(exc).splitlines()[0] if exc is not cause and str(exc) else ""
-        msg = " ".join(f"{type(exc).__name__} {where} {type(cause).__name__}: {cause}".split())
-        conn.send(_failure(variant.kernel.split(":")[1], f"sm_{arch}", variant.label, msg[:600], 0.0))
+        root = exc
+        while root.__cause__ is not None:  # Triton's CompilationErrors nest, one per call level
+            root = root.__cause__
+        lines = [ln for ln in str(root).splitlines() if ln.strip()] or [""]
+        # a CompilationError reads "at L:C:", the source, a caret line, then the error itself
+        msg = f"{type(root).__name__} {lines[0]} {lines[-1]}" if len(lines) > 2 else f"{type(root).__name__}: {root}"
+        conn.send(_failure(variant.kernel.split(":")[1], f"sm_{arch}", variant.label, " ".join(msg.split())[:500],
+                           0.0))
     conn.close()
 
 
 def build_all(jobs: list[tuple[Variant, int]], parallel: int, timeout: float, extra=None) -> list[dict]:
-    """Run every (variant, arch) build in forked workers, ``parallel`` at a time; ``extra``: a started
-    subprocess-like task (the .cu build) that holds one slot until it finishes."""
+    """Run every (variant, arch) build in forked workers, ``parallel`` at a time; ``extra``: the started
+    :class:`CudaBuild`, which holds one slot until it finishes."""
     import multiprocessing
     from multiprocessing.connection import wait
 
@@ -238,7 +242,8 @@ def build_all(jobs: list[tuple[Variant, int]], parallel: int, timeout: float, ex
                 results.append(_failure(variant.kernel.split(":")[1], f"sm_{arch}", variant.label,
                                         f"timeout: not built in {timeout:.0f} s", now - start))
                 print(f"  sm_{arch} {variant.kernel} {variant.label}: TIMEOUT", flush=True)
-        if extra is not None and extra.poll() is not None:
+        if extra is not None and extra.process.poll() is not None:
+            extra.end = time.perf_counter()
             slots, extra = parallel, None
     return results
 
@@ -252,6 +257,7 @@ class CudaBuild:
     log_path: str
     nvcc_version: str | None
     start: float
+    end: float | None = None  # set when the build is seen finished
 
 
 def _nvcc() -> str:
@@ -291,7 +297,7 @@ def build_cuda_sources(build: CudaBuild, timeout: float) -> list[dict]:
         os.killpg(build.process.pid, signal.SIGKILL)
         build.process.wait()
         return [_failure(name, arch, "nvcc -c", f"timeout: not built in {timeout:.0f} s", timeout)]
-    seconds = time.perf_counter() - build.start
+    seconds = (build.end or time.perf_counter()) - build.start
     with open(build.log_path) as f:
         log = f.read()
     if build.process.returncode:
@@ -372,7 +378,7 @@ def main(argv=None) -> int:
             if args.only is None or v.kernel.split(":")[1] in args.only]
     print(f"{len(jobs)} Triton builds, {args.jobs} at a time" + ("" if cuda_build is None else
                                                                  " (+ the .cu sources for sm_90a)"), flush=True)
-    records = build_all(jobs, args.jobs, args.timeout, cuda_build and cuda_build.process)
+    records = build_all(jobs, args.jobs, args.timeout, cuda_build)
     if cuda_build is not None:
         records += build_cuda_sources(cuda_build, args.timeout)
     wall = time.perf_counter() - start
