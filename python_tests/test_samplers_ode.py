@@ -173,3 +173,32 @@ def test_readme_sampler_table_lists_the_registry():
     table = table[:table.index("\n\n")]
     rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
     assert rows == list(ck.SAMPLERS)
+
+
+def test_ode_cov_single_posterior_draw_is_exact_on_dct_gaussian():
+    """Switch above sigma_max: no ODE step, one DCT posterior draw from sigma_max to 0. The DCT diagonalises
+    this Gaussian's Jacobian and transform-domain Rademacher probes read its diagonal exactly (z^2 = 1), so
+    the one draw is an exact sample (2 NFE), while one DDIM step collapses to the mean."""
+    from conftest import expected_cov_error, whitened_errors
+
+    model = dct_gaussian(4)
+    n, sig = 4000, torch.tensor([30.0, 0.0], dtype=torch.float64)
+    x = model.mean + 30.0 * torch.randn(n, *model.event_shape, generator=gen(11), dtype=torch.float64)
+    got = ck.sample_ode_cov(model, x, sig, disable=True, generator=gen(12), switch_sigma=100.0,
+                            channel_average=False, jvp="forward_ad")
+    mu_err, cov_err = whitened_errors(got, model.mean, model.covariance())
+    assert mu_err < 3 * math.sqrt(got[0].numel()) and cov_err < 1.5 * expected_cov_error(got[0].numel(), n)
+    assert ck.nfe_per_sample("ode_cov", sig, switch_sigma=100.0) == 2
+
+
+def test_ode_cov_splits_the_schedule_and_counts():
+    from covkernels.samplers.hybrid import split_schedule
+
+    s = [80.0, 20.0, 5.0, 1.5, 0.9, 0.3, 0.1, 0.0]
+    assert split_schedule(s, 1.0, 1, 0.1) == ([80.0, 20.0, 5.0, 1.5, 0.9], [0.9, 0.0])
+    ode, cov = split_schedule(s, 1.0, 3, 0.1)
+    assert ode[-1] == cov[0] == 0.9 and len(cov) == 4 and cov[-1] == 0 and cov[-2] == pytest.approx(0.1)
+    assert ck.nfe_per_sample("ode_cov", s, switch_sigma=1.0) == 4 + 2
+    assert ck.nfe_per_sample("ode_cov", s, switch_sigma=1.0, ode="heun", covariance="lanczos", cov_steps=2) == 8 + 8
+    with pytest.raises(ValueError, match="ode must be a mean-only sampler"):
+        ck.sample_ode_cov(dct_gaussian(), torch.zeros(1, 3, 8, 8), torch.tensor(s), ode="lanczos")

@@ -10,11 +10,12 @@ and ``check_finite``.
 """
 from __future__ import annotations
 
-from . import single_step, ancestral, multistep, covariance  # noqa: F401  (registration order = table order)
+from . import single_step, ancestral, multistep, covariance, hybrid  # noqa: F401  (registration order = table order)
 from .ancestral import sample_ddpm, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_noisy_ddim
 from .api import sample
 from .common import COV_SIGMA_MAX, check_inputs
 from .covariance import sample_cov_ddim, sample_diag_hutchinson, sample_lanczos
+from .hybrid import sample_ode_cov
 from .multistep import sample_dpmpp_2m, sample_ipndm, sample_ipndm_v, sample_unipc
 from .registry import FAMILIES, REGISTRY, SamplerSpec, get_sampler, nfe_per_sample, register, spec
 from .single_step import PosteriorVariance, addim_variance, calibrate_addim_variance, sample_addim, sample_ddim, \

@@ -38,6 +38,7 @@ class SamplerSpec:
     every sampler here). ``windowed``: steps that start above ``cov_sigma_max`` are plain 1-NFE steps.
     ``variants``: evaluation-grid rows beyond the default, label -> options. ``guided_defaults``: option
     defaults that change under classifier-free guidance (UniPC: order 2), applied by the adapters.
+    ``nfe_fn(sigmas, options) -> int``: the count for samplers whose cost is not per step (hybrids).
     """
 
     name: str
@@ -50,6 +51,7 @@ class SamplerSpec:
     windowed: bool = False
     variants: dict = field(default_factory=dict)
     guided_defaults: dict = field(default_factory=dict)
+    nfe_fn: Callable | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -70,14 +72,14 @@ REGISTRY: dict[str, SamplerSpec] = {}
 
 def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict], int] = _one,
              needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None,
-             guided_defaults: dict | None = None):
+             guided_defaults: dict | None = None, nfe_fn: Callable | None = None):
     """Decorator: register ``sample_<name>`` once, with its family and NFE formula."""
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"sampler {name!r} is registered twice")
         REGISTRY[name] = SamplerSpec(name, fn, family, summary, step_cost, needs_jvp, stochastic, windowed,
-                                     dict(variants or {}), dict(guided_defaults or {}))
+                                     dict(variants or {}), dict(guided_defaults or {}), nfe_fn)
         return fn
 
     return wrap
@@ -116,6 +118,12 @@ def nfe_per_sample(sampler: str, sigmas, *, guided: bool = False, **options) -> 
     if unknown:
         raise TypeError(f"nfe_per_sample: {sampler!r} takes no option(s) {unknown}; its options: {list(accepted)}")
     opts = {**s_spec.defaults(), **options}
+    if s_spec.nfe_fn is not None:
+        if guided:
+            raise ValueError(f"nfe_per_sample: guided counts are not defined for {sampler!r}")
+        plain = sigmas if isinstance(sigmas, int) and not isinstance(sigmas, bool) else \
+            torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten().tolist()
+        return s_spec.nfe_fn(plain, opts)
     if isinstance(sigmas, int) and not isinstance(sigmas, bool):
         if sigmas < 1:
             raise ValueError(f"sigmas as a number of steps must be >= 1, got {sigmas}")

@@ -1,0 +1,112 @@
+"""ODE-then-covariance samplers (beyond the two papers): a mean-only sampler of the registry down to a switch
+sigma, then a few covariance-aware steps to 0, the last of them a Gaussian posterior draw.
+
+Why: the Gaussian step is exact where the posterior ``p(x0 | x_t)`` is Gaussian. At high noise the posterior
+of real data is a choice between modes, where a Gaussian draw averages them and a high-order ODE solver
+spends evaluations best; once the mode is chosen (low sigma), one draw ``x0 ~ N(D, sigma_t^2 J)`` with J's
+diagonal in a DCT basis (or a Lanczos square root) replaces the many small ODE steps that would otherwise
+resolve the fine texture.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import steps as step_lib
+from ..schedules import karras_sigmas
+from .common import check_inputs, check_number, context, float_sigmas
+from .registry import REGISTRY, register
+
+COVARIANCES = ("identity", "dct", "convdct", "lanczos")
+
+
+def split_schedule(sigmas: list[float], switch_sigma: float, cov_steps: int,
+                   cov_sigma_min: float) -> tuple[list[float], list[float]]:
+    """``(ode_sigmas, cov_sigmas)``: the schedule's prefix down to its first entry ``<= switch_sigma``
+    (none if ``sigmas[0] <= switch_sigma``), then ``cov_steps`` steps from there to 0 (Karras spacing down to
+    ``cov_sigma_min``, then 0; one step is the jump straight to 0). Entries of ``sigmas`` below the switch
+    point are not used."""
+    positive = [s for s in sigmas if s > 0]
+    j = next((k for k, s in enumerate(positive) if s <= switch_sigma), len(positive) - 1)
+    ode = positive[:j + 1]
+    start = ode[-1]
+    if cov_steps == 1:
+        cov = [start, 0.0]
+    else:
+        cov = [start] + [float(s) for s in karras_sigmas(cov_steps, min(cov_sigma_min, start / 2), start)[1:]]
+    return ode, cov
+
+
+def _nfe(sigmas, opts: dict) -> int:
+    from .registry import nfe_per_sample
+
+    cov_cost = 1 + (opts["lanczos_steps"] if opts["covariance"] == "lanczos" else opts["probes"])
+    if isinstance(sigmas, int):
+        return nfe_per_sample(opts["ode"], [math.inf] * (sigmas + 1)) + cov_cost * opts["cov_steps"]
+    ode, _ = split_schedule(sigmas, opts["switch_sigma"], opts["cov_steps"], opts["cov_sigma_min"])
+    ode_cost = nfe_per_sample(opts["ode"], ode, **(opts["ode_options"] or {})) if len(ode) > 1 else 0
+    return ode_cost + cov_cost * opts["cov_steps"]
+
+
+@register("ode_cov", family="covariance", needs_jvp=True, stochastic=True, nfe_fn=_nfe,
+          summary="a mean-only ODE sampler down to switch_sigma, then covariance steps to 0 ending in a "
+                  "Gaussian posterior draw (beyond the papers)",
+          variants={"ode_cov/dct": {"covariance": "dct"}, "ode_cov/convdct": {"covariance": "convdct"},
+                    "ode_cov/lanczos": {"covariance": "lanczos"}})
+@torch.no_grad()
+def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ode="dpmpp_2m",
+                   ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=0.1, eta=0.0,
+                   probes=1, lanczos_steps=3, block=8, c_max=1.0, channel_average=True, guidance=None,
+                   jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
+    """``ode`` (any mean-only registered sampler, with ``ode_options``) on the schedule's entries down to the
+    first one ``<= switch_sigma``, then ``cov_steps`` covariance steps from there to 0 (see
+    :func:`split_schedule`); the last is the posterior draw ``x0 = D + F^T(sigma_t sqrt(c) xi)`` (diagonal
+    ``covariance`` in the identity / dct / convdct basis from ``probes`` Hutchinson JVPs) or its Lanczos form
+    with ``lanczos_steps`` JVPs. ``eta`` applies to the intermediate covariance steps (``cov_steps > 1``).
+    NFE: the ODE part's count plus ``(1 + probes)`` (or ``1 + lanczos_steps``) per covariance step."""
+    sigmas = check_inputs(x, sigmas)
+    if ode not in REGISTRY or REGISTRY[ode].needs_jvp:
+        raise ValueError(f"ode must be a mean-only sampler of the registry, one of "
+                         f"{[n for n, s in REGISTRY.items() if not s.needs_jvp]}, got {ode!r}")
+    if ode_options is not None and not isinstance(ode_options, dict):
+        raise TypeError(f"ode_options must be a dict or None, got {type(ode_options).__name__}")
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+    switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
+    cov_sigma_min = check_number(cov_sigma_min, "cov_sigma_min", 0.0, low_open=True)
+    cov_steps = step_lib.check_count(cov_steps, "cov_steps", 64)
+    eta = step_lib.check_eta(eta)
+    probes = step_lib.check_count(probes, "probes", 64)
+    k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
+    c_max = step_lib.check_c_max(c_max, allow_none=True)
+    if covariance != "lanczos":
+        step_lib.check_basis(covariance, block, x)
+        if channel_average and x.dim() != 4:
+            raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got {tuple(x.shape)}")
+    s = float_sigmas(sigmas)
+    if s[-1] != 0:
+        raise ValueError(f"sigmas must end in 0 for ode_cov (its last step is a posterior draw), got {s}")
+    ode_sigmas, cov_sigmas = split_schedule(s, switch_sigma, cov_steps, cov_sigma_min)
+    offset = 0
+    if len(ode_sigmas) > 1:
+        x = REGISTRY[ode].fn(model, x, torch.tensor(ode_sigmas, dtype=sigmas.dtype, device=sigmas.device),
+                             extra_args=extra_args, callback=callback,
+                             disable=disable, generator=generator, sample_offset=sample_offset,
+                             check_finite=check_finite, **(ode_options or {}))
+        offset = len(ode_sigmas) - 1
+    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    for j, (st, ss) in enumerate(zip(cov_sigmas[:-1], cov_sigmas[1:])):
+        i = offset + j
+        if covariance == "lanczos":
+            x_next, denoised = step_lib.lanczos_step(ctx, x, i, st, ss, eta=eta, lanczos_steps=k,
+                                                     reorthogonalize=True, c_max=c_max)
+        else:
+            x_next, denoised = step_lib.structured_step(ctx, x, i, st, ss, eta=eta, basis=covariance, block=block,
+                                                        channel_average=bool(channel_average), c_max=c_max,
+                                                        probes=probes)
+        if callback is not None:
+            sig = torch.tensor(st, dtype=sigmas.dtype)
+            callback({"x": x, "i": i, "sigma": sig, "sigma_hat": sig, "denoised": denoised})
+        x = x_next
+    return x
