@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from .grid import (COVARIANCE, NFES, TUNE_SCHEDULES, TUNE_SIGMA_MINS, VARIANTS, CountingModel,  # noqa: F401
+from .grid import (NFES, TUNE_SCHEDULES, TUNE_SIGMA_MINS, VARIANTS, CountingModel,  # noqa: F401
                    broadcast_from_rank0, finish_distributed, generate, is_baseline, schedule_for, variant_options)
 from .intervals import annotate_paired, summarize_seeds
 from .testbeds import get_testbed, testbed_names
@@ -162,9 +162,10 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
         state["floor"] = summarize_seeds(_by_metric([scorer(s).floor() for s in seed_list]))
     cells = {(c["table"], c["sampler"], c["nfe_budget"]): c for c in state["cells"]}
     tuned = {(t["sampler"], t["nfe_budget"], t["schedule"], t["sigma_min"]): t for t in state["tuning"]}
+
     def run(label, nfe, sched, plan, run_seeds, scorer_for):
         steps, sigmas, used = plan
-        per_seed, infos = [], []
+        per_seed, seconds, measured = [], [], []
         for s in run_seeds:
             x, info = generate(net, label, sigmas.to(device), num_samples, seed=s, batch_size=batch_size,
                                device=device, jvp=jvp, options=options)
@@ -175,21 +176,25 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                 raise RuntimeError(f"{label} at {nfe} NFE: the model was evaluated {info['nfe_measured']} times "
                                    f"per sample, the accounting says {used}")
             per_seed.append(scorer_for(s)(x))
-            infos.append(info["seconds_per_sample"])
+            seconds.append(info["seconds_per_sample"])
+            measured.append(info["nfe_measured"])
         return {"sampler": label, "nfe_budget": nfe, "schedule": sched["schedule"], "sigma_min": sched["sigma_min"],
-                "steps": steps, "nfe": used, "nfe_measured": used,
-                "seconds_per_sample": sum(infos) / max(1, len(infos))}, per_seed
+                "steps": steps, "nfe": used, "nfe_measured": max(measured, default=used),
+                "seconds_per_sample": sum(seconds) / max(1, len(seconds))}, per_seed
+
+    def save():
+        if path:
+            os.makedirs(out_dir, exist_ok=True)
+            _save(path, state)
 
     def record(cell):
         state["cells"].append(cell)
         cells[cell["table"], cell["sampler"], cell["nfe_budget"]] = cell
         annotate_paired(state, testbed.metrics, is_baseline)
-        if path:
-            os.makedirs(out_dir, exist_ok=True)
-            _save(path, state)
+        save()
         main = testbed.main_metric
-        say(f"{cell['table']:>7} {cell['sampler']:<18} {cell['nfe_budget']:>3} NFE [{cell['steps']} steps, {cell['schedule']} "
-                  f"{cell['sigma_min']}]: {main} {cell[main]:.4g} ± {_half(cell[main + '_ci95']):.2g}")
+        say(f"{cell['table']:>7} {cell['sampler']:<18} {cell['nfe_budget']:>3} NFE [{cell['steps']} steps, "
+            f"{cell['schedule']} {cell['sigma_min']}]: {main} {cell[main]:.4g} ± {_half(cell[main + '_ci95']):.2g}")
 
     for nfe in nfes:
         for label in samplers:
@@ -216,6 +221,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                                                                 "steps", "nfe")},
                                       testbed.main_metric: per_seed[0][testbed.main_metric]}
                         state["tuning"].append(tuned[key])
+                        save()  # an interrupted tuning keeps its finished runs
                 else:
                     bar.update(num_samples * nfe)
                 scores.append((tuned.get(key, {}).get(testbed.main_metric), sched, plan))

@@ -20,32 +20,48 @@ import torch
 from .sampling import get_sampler, nfe_per_sample, sample
 from .schedules import get_sigmas
 
-# label -> (sampler, options); the grid of the issue: baselines, cov_ddim per basis, lanczos per k.
-VARIANTS = {
-    "ddim": ("ddim", {}), "ddpm": ("ddpm", {}), "addim": ("addim", {}), "heun": ("heun", {}),
-    "dpmpp_2m": ("dpmpp_2m", {}), "diag_hutchinson": ("diag_hutchinson", {}),
-    "cov_ddim/identity": ("cov_ddim", {"basis": "identity"}), "cov_ddim/dct": ("cov_ddim", {"basis": "dct"}),
-    "cov_ddim/convdct": ("cov_ddim", {"basis": "convdct"}),
-    "lanczos/k1": ("lanczos", {"lanczos_steps": 1}), "lanczos/k2": ("lanczos", {"lanczos_steps": 2}),
-    "lanczos/k3": ("lanczos", {"lanczos_steps": 3}), "lanczos/k5": ("lanczos", {"lanczos_steps": 5}),
-}
+
+
+def _grid_rows() -> dict:
+    """label -> (sampler, options) from the sampler registry: every sampler and its evaluation variants; a
+    sampler's bare name is left out where one of its variants is its default (cov_ddim = cov_ddim/convdct)."""
+    from .samplers.registry import names, spec
+
+    rows = {}
+    for name in names():
+        s = spec(name)
+        defaults = s.defaults()
+        if not any(all(defaults.get(k) == v for k, v in opts.items()) for opts in s.variants.values()):
+            rows[name] = (name, {})
+        rows.update({label: (name, dict(opts)) for label, opts in s.variants.items()})
+    return rows
+
+
+VARIANTS = _grid_rows()
 NFES = (4, 6, 8, 12, 16, 24, 32)
-COVARIANCE = ("cov_ddim", "diag_hutchinson", "lanczos")
 # The schedule grid each sampler is tuned over (those of covkernels.schedules.SCHEDULES present at run time).
 TUNE_SCHEDULES = ("karras", "exponential", "cosine", "time_uniform")
 TUNE_SIGMA_MINS = (0.002, 0.02, 0.1)
 
 
+def uses_covariance(sampler: str) -> bool:
+    """A sampler of the registry's covariance family or one that takes JVPs (takes the shared covariance
+    options and the evaluation's JVP strategy)."""
+    from .samplers.registry import spec
+
+    return spec(sampler).family == "covariance" or spec(sampler).needs_jvp
+
+
 def is_baseline(label: str) -> bool:
     """A mean-only sampler (no covariance, no JVP): what the covariance samplers have to beat."""
-    return VARIANTS[label][0] not in COVARIANCE
+    return not uses_covariance(VARIANTS[label][0])
 
 
 def variant_options(label: str, options: dict | None) -> tuple[str, dict]:
     """``(sampler, options)`` of a grid label: the shared ``options`` go to the covariance samplers that
     accept them; the label's own options (basis, lanczos_steps) always win."""
     sampler, opts = VARIANTS[label]
-    if sampler not in COVARIANCE or not options:
+    if not uses_covariance(sampler) or not options:
         return sampler, dict(opts)
     accepted = inspect.signature(get_sampler(sampler)).parameters
     return sampler, {**{k: v for k, v in options.items() if k in accepted}, **opts}
@@ -54,8 +70,7 @@ def variant_options(label: str, options: dict | None) -> tuple[str, dict]:
 def schedule_for(label: str, nfe: int, schedule: dict, options: dict | None = None):
     """``(steps, sigmas, nfe_used)``: the schedule that spends the most of ``nfe`` (then: the most steps);
     None if fewer than 2 steps fit."""
-    sampler, opts = variant_options(label, options)
-    count = {k: v for k, v in opts.items() if k in ("lanczos_steps", "probes", "cov_sigma_max")}
+    sampler, count = variant_options(label, options)
     best = None
     for steps in range(2, nfe + 1):  # not monotone: one more step can move a sigma below cov_sigma_max
         sigmas = get_sigmas(schedule["schedule"], steps, schedule["sigma_min"], schedule["sigma_max"], schedule["rho"])
@@ -127,7 +142,7 @@ def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int,
     Returns ``(samples on rank 0, {"nfe_measured", "seconds_per_sample"})``."""
     rank, world = _dist(device)
     sampler, opts = variant_options(label, options)
-    if sampler in COVARIANCE:
+    if uses_covariance(sampler):
         opts = {"jvp": jvp, **opts}
     counted = CountingModel(model)
     lo, hi = num * rank // world, num * (rank + 1) // world

@@ -167,7 +167,7 @@ def plot(state: dict, path: str, return_figure: bool = False):
     tables = state["config"].get("tables", ["default"])
     fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), dpi=110, sharey=True, squeeze=False)
     colours = plt.get_cmap("tab20").colors
-    values, floor = [], (state.get("floor") or {}).get(metric)
+    values, ends, spent, floor = [], [], set(), (state.get("floor") or {}).get(metric)
     for ax, which in zip(axes[0], tables):
         for i, (label, r) in enumerate(table(state, metric, which).items()):
             nfes = sorted(r)
@@ -176,17 +176,25 @@ def plot(state: dict, path: str, return_figure: bool = False):
             ax.errorbar([r[n]["nfe"] for n in nfes], mean, yerr=[lo, hi], fmt="--" if is_mean_only(label) else "-",
                         marker="o", ms=3, capsize=2, lw=1, label=label, color=colours[(2 * i) % 20 + (2 * i) // 20])
             values += [m for m in mean if math.isfinite(m) and m > 0]
+            # a lower end at or below 0 has no place on the log axis: its whisker runs off the bottom
+            ends += [m - d for m, d in zip(mean, lo) if math.isfinite(m) and 0 < d < 0.999 * m]
+            ends += [m + u for m, u in zip(mean, hi) if math.isfinite(m + u)]
+            spent.update(r[n]["nfe"] for n in nfes)
         if floor is not None and math.isfinite(floor) and floor > 0:
             ax.axhline(floor, color="grey", lw=0.8, ls=":", label="floor")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(spent), [str(n) for n in sorted(spent)])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel("NFE per sample (spent)")
         ax.set_title(TABLE_TITLES.get(which, which), fontsize=10)
         ax.legend(fontsize=7, ncol=2)
     if values:  # a diverging sampler at its smallest budget would squash every other line: cut at 5x the median
         values.sort()
-        low = min(values[0], floor) if floor is not None and math.isfinite(floor) and floor > 0 else values[0]
-        axes[0][0].set_ylim(0.8 * low, min(values[-1], 5 * values[len(values) // 2]) * 1.25)
+        cap = 5 * values[len(values) // 2]
+        ends = [e for e in ends if e <= cap] + values
+        low = min(ends + ([floor] if floor is not None and math.isfinite(floor) and floor > 0 else []))
+        axes[0][0].set_ylim(0.8 * low, min(max(ends), cap) * 1.25)
     # a long metric title as one line runs off the figure's edge: wrap it and let the layout make room
     axes[0][0].set_ylabel("\n".join(textwrap.wrap(metrics_of(state)[metric][0] + " (mean, 95% CI)", 42)))
     cfg = state["config"]
