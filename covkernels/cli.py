@@ -12,7 +12,7 @@ import sys
 import torch
 
 from . import __version__
-from .evaluation import EVAL_MODELS, NFES, VARIANTS
+from .evaluation import EVAL_MODELS, NFES, TABLES, TUNE_SIGMA_MINS, VARIANTS
 from .cli_sample import cmd_sample
 from .ops.dispatch import BACKENDS
 from .jvp import STRATEGIES
@@ -28,8 +28,10 @@ def cmd_eval(args) -> int:
     try:
         for model in args.model:
             evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
-                     batch_size=args.batch_size, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                     rho=args.rho, schedule=args.schedule, device=torch.device(args.device), out_dir=args.out,
+                     seeds=args.seeds, batch_size=args.batch_size, sigma_min=args.sigma_min,
+                     sigma_max=args.sigma_max, rho=args.rho, schedule=args.schedule, tables=args.tables,
+                     tune_schedules=args.tune_schedules, tune_sigma_mins=args.tune_sigma_mins,
+                     device=torch.device(args.device), out_dir=args.out,
                      resume=not args.no_resume, options=options, progress=None if args.quiet else print,
                      command=command)
     except BaseException:
@@ -176,9 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samplers", nargs="+", default=None, choices=list(VARIANTS), metavar="LABEL",
                    help=f"grid rows (default: all of {', '.join(VARIANTS)})")
     e.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="NFE budgets")
-    e.add_argument("--num-samples", type=int, default=1024, help="samples per cell")
+    e.add_argument("--num-samples", type=int, default=1024, help="samples per cell and seed (N)")
+    e.add_argument("--seeds", type=int, default=5,
+                   help="seeds per cell (S): --seed, --seed + 1, ...; shared by all samplers (paired comparisons)")
     _add_run_options(e, sigma_min=0.1)
     e.add_argument("--rho", type=float, default=7.0, help="Karras schedule exponent")
+    e.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES),
+                   help="default: every sampler on --schedule/--sigma-min; best: each at its best of the tuning grid")
+    e.add_argument("--tune-schedules", nargs="+", default=None,
+                   choices=[s for s in SCHEDULES if s not in ("vp", "linear_beta")],
+                   help="schedules of the tuning grid (default: karras, exponential, cosine, time_uniform where present)")
+    e.add_argument("--tune-sigma-mins", nargs="+", type=float, default=list(TUNE_SIGMA_MINS),
+                   help="sigma_min values of the tuning grid (chosen on a held-out seed, --seed + 1000000)")
     e.add_argument("--out", default="eval_results", help="directory for quality_<model>.{json,csv,md,png}")
     e.add_argument("--no-resume", action="store_true", help="start over instead of reusing finished cells")
     e.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
