@@ -5,7 +5,7 @@ Importing covkernels never queries a GPU and needs no compiler.
 """
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402,F401
 
 from .samplers import (  # noqa: E402
     SAMPLERS,

@@ -118,7 +118,7 @@ def test_schedule_errors():
     with pytest.raises(ValueError, match="sigma_max must be finite and greater"):
         ck.exponential_sigmas(4, 1.0, 0.5)
     with pytest.raises(ValueError, match="schedule must be one of"):
-        ck.get_sigmas("cosine", 4, 0.1, 10)
+        ck.get_sigmas("sqrt_linear", 4, 0.1, 10)
     with pytest.raises(ValueError, match="spacing must be"):
         ck.linear_beta_sigmas(4, spacing="middle")
     with pytest.raises(ValueError, match="shape must be"):
