@@ -42,7 +42,7 @@ STEP_SIGMAS = (0.8, 0.4)
 
 def environment(device: torch.device) -> dict:
     """Device name, library versions and the git revision of the source tree (None outside a checkout)."""
-    from . import __version__
+    from ._version import __version__
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -61,20 +61,21 @@ def environment(device: torch.device) -> dict:
             **versions, "python": platform.python_version(), "git_revision": rev}
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median_seconds(fn, device: torch.device, warmup: int = 1, repeats: int = 5) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup``, the device synchronised."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        sync()
+        _sync(device)
         start = time.perf_counter()
         fn()
-        sync()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -151,11 +152,52 @@ def _available_backends(device: torch.device) -> dict[str, str]:
     return out
 
 
-def _timed(fn, device, repeats):
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def paired_times(base, others: dict, device: torch.device, repeats: int) -> tuple[float, dict]:
+    """Rounds of ``base()`` then every ``others[name]()``, so that a drift of the machine's load hits both
+    sides of a ratio alike. Returns ``(median base seconds, {name: {"seconds", "ratio", "error"}})`` with
+    medians over rounds of the seconds and of the per-round ratios; a callable that raises on its warm-up
+    is left out of the rounds and reported with its error."""
+    def timed(fn):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    base()
+    result, live = {}, {}
+    for name, fn in others.items():
+        try:
+            fn()
+            live[name] = fn
+        except Exception as exc:  # a strategy / sampler this model cannot run is a result, with its reason
+            result[name] = {"seconds": None, "ratio": None, "error": _error(exc)}
+    base_times, times = [], {name: [] for name in live}
+    for _ in range(repeats):
+        base_times.append(timed(base))
+        for name, fn in live.items():
+            times[name].append(timed(fn))
+    for name in live:
+        result[name] = {"seconds": statistics.median(times[name]), "error": None,
+                        "ratio": statistics.median(t / b for t, b in zip(times[name], base_times))}
+    return statistics.median(base_times), {name: result[name] for name in others}
+
+
+def _step_sigmas(fn, stub, x, opts, device):
+    """The one-step schedule ``STEP_SIGMAS``, or ``STEP_SIGMAS + (0,)`` for a sampler that demands a
+    schedule ending in 0 (then the time includes its final step to 0)."""
+    sigmas = torch.tensor(STEP_SIGMAS, device=device)
     try:
-        return median_seconds(fn, device, repeats=repeats), None
-    except Exception as exc:  # a strategy / sampler that cannot run on this model is a result, with its reason
-        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        fn(stub, x, sigmas, **opts)
+    except ValueError as exc:
+        if "end in 0" not in str(exc):
+            raise
+        sigmas = torch.tensor(STEP_SIGMAS + (0.0,), device=device)
+    return sigmas
 
 
 def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repeats: int = 5,
@@ -179,16 +221,20 @@ def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repea
     x = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     v = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     sigma = torch.full((shape[0],), STEP_SIGMAS[0], device=device, dtype=dtype)
-    with torch.no_grad():
-        t_fwd = median_seconds(lambda: model(x, sigma), device, repeats=repeats)
+    strategies = jvp_strategies or [s for s in jvp_engine.STRATEGIES if s != "auto"]
+
+    def forward():
+        with torch.no_grad():
+            model(x, sigma)
+
+    t_fwd, jvps = paired_times(forward, {name: (lambda name=name: jvp_engine.jvp(model, x, sigma, v, strategy=name))
+                                         for name in strategies}, device, repeats)
     out = {"environment": environment(device), "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
-           "repeats": repeats, "step_sigmas": list(STEP_SIGMAS), "forward_s": t_fwd, "jvp": {}, "steps": {},
+           "repeats": repeats, "step_sigmas": list(STEP_SIGMAS), "forward_s": t_fwd, "jvp": jvps, "steps": {},
            "ratios": {}}
-    for name in jvp_strategies or [s for s in jvp_engine.STRATEGIES if s != "auto"]:
-        t, err = _timed(lambda: jvp_engine.jvp(model, x, sigma, v, strategy=name), device, repeats)
-        out["jvp"][name] = {"seconds": t, "error": err}
-        if t is not None:
-            out["ratios"][f"jvp {name} / forward"] = t / t_fwd
+    for name, r in jvps.items():
+        if r["ratio"] is not None:
+            out["ratios"][f"jvp {name} / forward"] = r["ratio"]
     src, dst = torch.randn(shape, generator=gen, device=device, dtype=dtype), torch.empty(shape, device=device,
                                                                                           dtype=dtype)
     t_copy = median_seconds(lambda: dst.copy_(src), device, repeats=max(repeats, 20))
@@ -198,27 +244,38 @@ def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repea
     out["stub_forward_s"] = median_seconds(lambda: stub(x, sigma), device, repeats=max(repeats, 20))
     backends = _available_backends(device)
     out["backends"] = backends
-    sigmas = torch.tensor(STEP_SIGMAS, device=device)
     for s in samplers:
         fn = get_sampler(s)
         params = inspect.signature(fn).parameters
+        runs, sigmas = {}, None
         for backend in (list(backends) if "backend" in params else [None]):
             opts = {"disable": True, "generator": torch.Generator(device=device).manual_seed(seed)}
             if backend is not None:
                 opts["backend"] = backend
             if "jvp" in params:
                 opts["jvp"] = "finite_difference"
-            t, err = _timed(lambda: fn(stub, x, sigmas, **opts), device, repeats)
-            key = s if backend is None else f"{s} [{backend}]"
-            out["steps"][key] = {"sampler": s, "backend": backend, "seconds": t, "error": err,
-                                 "copies": None if t is None else t / t_copy}
-            if t is not None:
-                out["ratios"][f"{key} non-model / forward"] = t / t_fwd
-        fused = [k for k in out["steps"] if out["steps"][k]["sampler"] == s and out["steps"][k]["backend"]
-                 not in (None, "reference") and out["steps"][k]["seconds"]]
-        ref = out["steps"].get(f"{s} [reference]", {}).get("seconds")
-        for k in fused if ref else []:
-            out["ratios"][f"{k} / {s} [reference]"] = out["steps"][k]["seconds"] / ref
+            try:
+                sigmas = sigmas if sigmas is not None else _step_sigmas(fn, stub, x, opts, device)
+            except Exception:
+                sigmas = torch.tensor(STEP_SIGMAS, device=device)  # the failure is reported below
+            runs[s if backend is None else f"{s} [{backend}]"] = (backend, lambda o=opts, g=sigmas: fn(stub, x, g, **o))
+        # the reference run is the base of the rounds, so fused / reference is a same-round ratio
+        base_key = f"{s} [reference]" if f"{s} [reference]" in runs else next(iter(runs))
+        others = {k: run for k, (_, run) in runs.items() if k != base_key}
+        try:
+            t_base, timed = paired_times(runs[base_key][1], others, device, repeats)
+            timed[base_key] = {"seconds": t_base, "ratio": 1.0, "error": None}
+        except Exception as exc:
+            timed = {k: {"seconds": None, "ratio": None, "error": _error(exc)} for k in runs}
+        for key, (backend, _) in runs.items():
+            r = timed[key]
+            out["steps"][key] = {"sampler": s, "backend": backend, "seconds": r["seconds"], "error": r["error"],
+                                 "sigmas": [float(g) for g in sigmas],
+                                 "copies": None if r["seconds"] is None else r["seconds"] / t_copy}
+            if r["seconds"] is not None:
+                out["ratios"][f"{key} non-model / forward"] = r["seconds"] / t_fwd
+                if base_key.endswith("[reference]") and key != base_key:
+                    out["ratios"][f"{key} / {base_key}"] = r["ratio"]
     return out
 
 
@@ -229,9 +286,9 @@ def format_report(res: dict) -> str:
              f"{env['git_revision']}); shape {tuple(res['shape'])} {res['dtype']}, median of {res['repeats']}",
              f"model forward: {res['forward_s'] * 1e3:.3f} ms; device copy of one batch: "
              f"{res['device_copy']['seconds'] * 1e3:.3f} ms ({res['device_copy']['gb_per_s']:.1f} GB/s)", "",
-             f"{'JVP strategy':<28}{'ms':>10}{'x forward':>11}"]
+             f"{'JVP strategy':<28}{'ms':>10}{'x forward':>11}  (x forward: median of same-round ratios)"]
     for name, r in res["jvp"].items():
-        lines.append(f"{name:<28}" + (f"{r['seconds'] * 1e3:>10.3f}{r['seconds'] / res['forward_s']:>11.2f}"
+        lines.append(f"{name:<28}" + (f"{r['seconds'] * 1e3:>10.3f}{r['ratio']:>11.2f}"
                                       if r["seconds"] is not None else f"  failed: {r['error']}"))
     lines += ["", f"{'non-model part of one step':<36}{'ms':>10}{'x forward':>11}{'copies':>9}"]
     for key, r in res["steps"].items():

@@ -59,8 +59,8 @@ def test_bench_cli_writes_positive_finite_ratios_for_every_sampler_and_strategy(
     # every JVP strategy but auto runs on this differentiable model
     assert set(res["jvp"]) == set(STRATEGIES) - {"auto"}
     for name, r in res["jvp"].items():
-        assert r["error"] is None and _positive_finite(r["seconds"]), name
-        assert _positive_finite(res["ratios"][f"jvp {name} / forward"])
+        assert r["error"] is None and _positive_finite(r["seconds"]) and _positive_finite(r["ratio"]), name
+        assert res["ratios"][f"jvp {name} / forward"] == r["ratio"]
     # the sampler list is the registry's; covariance samplers once per backend that runs on a CPU tensor
     backends = [b for b, (ok, _) in dispatch.backend_status().items() if ok and b in ("reference", "cpp")]
     assert {r["sampler"] for r in res["steps"].values()} == set(SAMPLERS)
@@ -69,6 +69,7 @@ def test_bench_cli_writes_positive_finite_ratios_for_every_sampler_and_strategy(
     assert "triton" not in res["backends"]  # the interpreter is never timed
     for key, r in res["steps"].items():
         assert r["error"] is None and _positive_finite(r["seconds"]) and _positive_finite(r["copies"]), key
+        assert r["sigmas"][:2] == pytest.approx([0.8, 0.4]) and len(r["sigmas"]) in (2, 3), key
         assert _positive_finite(res["ratios"][f"{key} non-model / forward"])
     if "cpp" in backends:
         assert _positive_finite(res["ratios"]["cov_ddim [cpp] / cov_ddim [reference]"])
