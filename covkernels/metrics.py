@@ -8,8 +8,10 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Frechet distance between Gaussian fits of two sample sets ``(N, ...)`` and ``(M, ...)`` (pixel space).
 
     ``|mu_x - mu_y|^2 + tr C_x + tr C_y - 2 tr (C_x^1/2 C_y C_x^1/2)^1/2``. The trace of the matrix square
-    root is computed exactly through the ``N x M`` cross-Gram matrix (the nuclear norm of ``A^T B`` with
-    ``C_x = A A^T``, ``C_y = B B^T``), so it is cheap and exact even when ``N, M`` are below the dimension.
+    root is computed exactly as the nuclear norm of the ``N x M`` cross-Gram matrix ``A B^T`` (``C_x = A^T A``,
+    ``C_y = B^T B`` with centred, scaled rows), so it is cheap and exact even when ``N, M`` are below the
+    dimension; when the dimension is below ``N, M`` the same singular values come from a ``d x d`` product of
+    the two QR factors.
     """
     if x.dim() < 2 or y.dim() < 2 or x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must be (N, ...) with the same event shape, got {tuple(x.shape)}, {tuple(y.shape)}")
@@ -20,7 +22,12 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     mu_a, mu_b = a.mean(0), b.mean(0)
     a = (a - mu_a) / (a.shape[0] - 1) ** 0.5
     b = (b - mu_b) / (b.shape[0] - 1) ** 0.5
-    cross = torch.linalg.svdvals(a @ b.T).sum()
+    if a.shape[1] < min(a.shape[0], b.shape[0]):
+        # fewer dimensions than samples (pooled pixels, features): with A = Q_a R_a, B = Q_b R_b, A B^T and the
+        # d x d matrix R_a R_b^T have the same singular values, so the SVD shrinks from N x M to d x d
+        cross = torch.linalg.svdvals(torch.linalg.qr(a, mode="r").R @ torch.linalg.qr(b, mode="r").R.T).sum()
+    else:
+        cross = torch.linalg.svdvals(a @ b.T).sum()
     fd = (mu_a - mu_b).square().sum() + a.square().sum() + b.square().sum() - 2.0 * cross
     return float(fd.clamp_min(0.0))
 

@@ -198,3 +198,18 @@ def test_a_registered_testbed_runs_through_the_grid(monkeypatch):
                      progress=None)
     assert [len(c["mean_error_per_seed"]) for c in state["cells"]] == [3, 3]
     assert state["floor"]["mean_error"] == 0.0
+
+
+@pytest.mark.parametrize("n, m, d", [(300, 200, 48), (40, 30, 48)])  # the d x d (QR) and the N x M route
+def test_frechet_distance_matches_the_dense_formula_on_both_routes(n, m, d):
+    g = gen(5)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64) * 2 + 0.3
+    a, b = x - x.mean(0), y - y.mean(0)
+    ca, cb = a.T @ a / (n - 1), b.T @ b / (m - 1)
+    e, v = torch.linalg.eigh(ca)
+    root = v @ torch.diag(e.clamp_min(0).sqrt()) @ v.T
+    inner = torch.linalg.eigvalsh(root @ cb @ root).clamp_min(0).sqrt().sum()
+    dense = (x.mean(0) - y.mean(0)).square().sum() + ca.trace() + cb.trace() - 2 * inner
+    # rel 1e-7: the dense route takes square roots of ~0 eigenvalues when N < d
+    assert metrics.frechet_distance(x, y) == pytest.approx(float(dense), rel=1e-7)
