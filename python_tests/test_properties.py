@@ -27,7 +27,7 @@ for _name in ("triton", "cpp", "cuda"):
 if not BACKENDS:
     pytest.skip("no fused backend can run here (install triton, or build the extension)", allow_module_level=True)
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                          HealthCheck.function_scoped_fixture])
 
 
@@ -57,7 +57,10 @@ def _close(got, ref, dtype, float32_noise=False):
     log/cos between libm and torch's vectorised math (~1e-7 of the noise)."""
     assert got.dtype == ref.dtype and got.shape == ref.shape
     tol = (1e-6 if float32_noise else 1e-10) if dtype == torch.float64 else 3e-5
-    torch.testing.assert_close(got.double(), ref.double(), rtol=tol, atol=tol)
+    # float32 rounding scales with the largest values a result is computed from (the transforms mix every
+    # coefficient of a block into every output), so the absolute floor scales with the output's range
+    scale = 1.0 if dtype == torch.float64 else max(1.0, float(ref.abs().max()))
+    torch.testing.assert_close(got.double(), ref.double(), rtol=tol, atol=tol * scale)
 
 
 @pytest.fixture(autouse=True)

@@ -62,6 +62,12 @@ def _block_dct_kernel(x_ptr, out_ptr, m_ptr, H, W, K: tl.constexpr, TW: tl.const
     tl.store(out_ptr + base + offs, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# Largest block the fused kernels take. Ahead-of-time builds for sm_80/sm_90 (benchmarks/triton_aot.py)
+# spill at block 16 (255 registers, up to ~1.5 KB per thread in the inverse transform); larger blocks
+# take the reference path (unfold + matmul), which cuBLAS runs at bandwidth for such small matrices.
+MAX_FUSED_BLOCK = 8
+
+
 def _strip_width(w: int, k: int) -> int:
     return max(k, min(STRIP, triton.next_power_of_2(w)))
 
@@ -73,6 +79,9 @@ def _blockwise(x: torch.Tensor, block: int, inverse: bool, out: torch.Tensor | N
     ref.check_block(x.shape, block, "c" if inverse else "x")
     if block & (block - 1):
         raise ValueError(f"the triton backend needs a power-of-two block, got block={block}")
+    if block > MAX_FUSED_BLOCK:
+        y = ref.block_idct2(x, block) if inverse else ref.block_dct2(x, block)
+        return y if out is None else out.copy_(y)
     x = contiguous(x)
     h, w = x.shape[-2:]
     out = alloc(x.shape, x.dtype, x.device) if out is None else out

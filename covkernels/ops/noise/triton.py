@@ -20,13 +20,13 @@ import triton.language as tl
 
 from ..common import alloc, contiguous
 from ..dct import reference as dct_ref
-from ..dct.triton import _strip_width, block_transform, load_matrix, strip_offsets
+from ..dct.triton import MAX_FUSED_BLOCK, _strip_width, block_transform, load_matrix, strip_offsets
 from ..rng.reference import STREAM_NOISE, STREAM_PROBE
 from ..rng.triton import normal, rademacher
 from . import reference as ref
 
-_STREAM_NOISE: tl.constexpr = STREAM_NOISE  # the reference's stream ids, usable inside the kernels
-_STREAM_PROBE: tl.constexpr = STREAM_PROBE
+_STREAM_NOISE = tl.constexpr(STREAM_NOISE)  # the reference's stream ids: a compiled kernel may only read constexpr globals
+_STREAM_PROBE = tl.constexpr(STREAM_PROBE)
 
 
 @triton.jit
@@ -123,8 +123,19 @@ def _as_nchw(x: torch.Tensor, basis: str):
     return x.reshape(x.shape[0], x.shape[1] if x.dim() == 4 else 1, 1, -1)
 
 
+# Widest strip of the fused structured step per block size. Ahead-of-time builds for sm_80/sm_90
+# (benchmarks/triton_aot.py) show the unrolled channel loop spilling at K=8 with a 64-wide strip
+# (255 registers, ~2.9 KB spilled per thread) and none at 16; K=4 builds clean at 32 (72 registers).
+# At K=16 the kernel spills ~178 KB whatever the strip, so that block takes the reference path.
+STEP_STRIP = {1: 1024, 2: 64, 4: 32, 8: 16}
+
+
 def _strip(w: int, k: int) -> int:
     return min(1024, triton.next_power_of_2(w)) if k == 1 else _strip_width(w, k)
+
+
+def _step_strip(w: int, k: int) -> int:
+    return max(k, min(STEP_STRIP[k], triton.next_power_of_2(w)))
 
 
 def _geometry(view: torch.Tensor, basis: str, block: int):
@@ -139,7 +150,8 @@ def _geometry(view: torch.Tensor, basis: str, block: int):
 def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int = 0, basis: str, block: int = 8,
                   dtype=torch.float32, device=None) -> torch.Tensor:
     """Triton twin of :func:`covkernels.ops.noise.reference.probe_tangent`."""
-    if basis == "dct" or dtype == torch.float64:  # dense transform / float64: the reference path
+    if basis == "dct" or dtype == torch.float64 or (basis == "convdct" and block > MAX_FUSED_BLOCK):
+        # dense transform / float64 / blocks that spill registers (see MAX_FUSED_BLOCK): the reference path
         return ref.probe_tangent(seed, shape, sample_offset=sample_offset, step=step, index=index, basis=basis,
                                  block=block, dtype=dtype, device=device)
     out = alloc(shape, dtype, device)
@@ -154,14 +166,16 @@ def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int
 def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, sigma_down, sigma_up, basis,
                     block=8, channel_average=True, c_max=1.0, out=None):
     """Triton twin of :func:`covkernels.ops.noise.reference.structured_step` (one fused kernel)."""
-    if basis == "dct" or x_t.dtype == torch.float64:  # dense transform / float64: the reference path
+    if basis == "dct" or x_t.dtype == torch.float64 or _block_of(basis, block) not in STEP_STRIP:
+        # dense transform / float64 / blocks the fused kernel cannot hold in registers: the reference path
         return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
                                    sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
                                    block=block, channel_average=channel_average, c_max=c_max)
     d, x, jv = (contiguous(t) for t in (denoised, x_t, jvps))
     out = alloc(x_t.shape, x_t.dtype, x_t.device) if out is None else out
     dv, xv, ov = _as_nchw(d, basis), _as_nchw(x, basis), _as_nchw(out, basis)
-    b, c, h, w, k, tw, m = _geometry(xv, basis, block)
+    b, c, h, w, k, _, m = _geometry(xv, basis, block)
+    tw = _step_strip(w, k)
     if xv.numel():
         _structured_step_kernel[(b * (h // k), triton.cdiv(w, tw))](
             dv, xv, jv, ov, m, h, w, x.numel(), int(seed), sample_offset, step,
