@@ -53,8 +53,18 @@ def _v(kernel, storage="fp32", **constexprs) -> Variant:
     return Variant(kernel, tuple(constexprs.items()), storage)
 
 
-def _cov_step(storage="fp32", C=3, P=1, K=8, TW=64, CHANNEL_AVERAGE=True, HAS_CMAX=True):
-    # cov_ddim's defaults (block 8, channel average, c_max=1) on a 3-channel image >= 64 px wide
+def _limits():
+    """(largest fused block, {block: widest structured-step strip}) as the wrappers define them."""
+    from covkernels.ops.dct.triton import MAX_FUSED_BLOCK
+    from covkernels.ops.noise.triton import STEP_STRIP
+
+    return MAX_FUSED_BLOCK, STEP_STRIP
+
+
+def _cov_step(storage="fp32", C=3, P=1, K=8, TW=None, CHANNEL_AVERAGE=True, HAS_CMAX=True):
+    # cov_ddim's defaults (block 8, channel average, c_max=1) on a 3-channel image; TW None: the widest
+    # strip the wrapper launches for this block (images at least that wide)
+    TW = _limits()[1][K] if TW is None else TW
     return _v("noise:_structured_step_kernel", storage, C=C, P=P, K=K, TW=TW, CHANNEL_AVERAGE=CHANNEL_AVERAGE,
               HAS_CMAX=HAS_CMAX)
 
@@ -66,8 +76,10 @@ def _diag_step(storage="fp32", C=3, P=1, HAS_CMAX=True):
 
 def variants(grid: str) -> list[Variant]:
     """The kernel variants of a grid. Strip widths follow the wrappers: ``max(K, min(64, next_pow2(W)))``
-    for blocks, ``min(1024, next_pow2(H W))`` for the identity basis; Lanczos rows are ``j + 1`` for
-    iteration ``j`` with reorthogonalisation (the default; ``lanczos_steps=3`` gives rows 1-3)."""
+    for the DCT and the probes, ``STEP_STRIP[K]`` at most for the structured step, ``min(1024,
+    next_pow2(H W))`` for the identity basis; blocks above ``MAX_FUSED_BLOCK`` take the reference path.
+    Lanczos rows are ``j + 1`` for iteration ``j`` with reorthogonalisation (the default;
+    ``lanczos_steps=3`` gives rows 1-3)."""
     if grid not in ("ci", "full"):
         raise ValueError(f"grid must be 'ci' or 'full', got {grid!r}")
     out = []
@@ -83,14 +95,15 @@ def variants(grid: str) -> list[Variant]:
         out += [_v(f"lanczos:_{k}_kernel", dt, rows=r, CHUNK=1024) for k in ("dots", "residual") for r in rows]
     if grid == "full":
         out += [_v("rng:_normal_kernel", dt, BLOCK=1024) for dt in ("fp16", "fp64")]
+        max_block = _limits()[0]  # larger blocks take the reference path
         for dt in ("fp32", "fp16", "bf16"):
-            for k in (4, 8, 16):
+            for k in (k for k in (4, 8, 16) if k <= max_block):
                 for tw in (32, 64):
                     out += [_v("dct:_block_dct_kernel", dt, K=k, TW=tw, INVERSE=inv) for inv in (False, True)]
                     out.append(_v("noise:_probe_tangent_kernel", dt, K=k, TW=tw))
-        out += [_cov_step("fp16"), _diag_step("fp16"), _cov_step(K=4), _cov_step(K=16), _cov_step(TW=32),
+        out += [_cov_step("fp16"), _diag_step("fp16"), _cov_step(K=4), _cov_step(TW=8),
                 _cov_step(C=1), _cov_step(C=4), _cov_step(CHANNEL_AVERAGE=False), _cov_step(HAS_CMAX=False),
-                _cov_step(K=4, C=1, TW=32), _diag_step(P=2), _diag_step(P=4), _diag_step(C=1),
+                _cov_step(K=4, C=1), _diag_step(P=2), _diag_step(P=4), _diag_step(C=1),
                 _diag_step(HAS_CMAX=False)]
         out += [_v(f"lanczos:_{k}_kernel", "fp32", rows=r, CHUNK=1024) for k in ("dots", "residual", "synthesis")
                 for r in (4, 8, 16)]
