@@ -103,7 +103,8 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 
 @register("dpmpp_3m_sde", family="ancestral", stochastic=True,
-          summary="DPM-Solver++(3M) SDE (= sample_dpmpp_3m_sde); eta=0 is the deterministic 3M")
+          summary="DPM-Solver++(3M) SDE (= sample_dpmpp_3m_sde); eta=0 is the deterministic 3M",
+          variants={"dpmpp_3m_sde/eta0": {"eta": 0.0}})
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, s_noise=1.0,
                         noise_sampler=None, generator=None, sample_offset=0, check_finite=True):

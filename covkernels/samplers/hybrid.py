@@ -53,7 +53,10 @@ def _nfe(sigmas, opts: dict) -> int:
           summary="a mean-only ODE sampler down to switch_sigma, then covariance steps to 0 ending in a "
                   "Gaussian posterior draw (beyond the papers)",
           variants={"ode_cov/dct": {"covariance": "dct"}, "ode_cov/convdct": {"covariance": "convdct"},
-                    "ode_cov/lanczos": {"covariance": "lanczos"}})
+                    "ode_cov/lanczos": {"covariance": "lanczos"},
+                    "ode_cov/dct-switch0.5": {"covariance": "dct", "switch_sigma": 0.5},
+                    "ode_cov/dct-switch2": {"covariance": "dct", "switch_sigma": 2.0},
+                    "ode_cov/ipndm-dct": {"ode": "ipndm", "covariance": "dct"}})
 @torch.no_grad()
 def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ode="dpmpp_2m",
                    ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=0.1, eta=0.0,
