@@ -142,6 +142,40 @@ def train(args, data: torch.Tensor, val: torch.Tensor, save) -> dict:
     return ema, dict(log, steps_done=step, seconds=round(time.time() - t0, 1), finished=True)
 
 
+def blur3(x: torch.Tensor) -> torch.Tensor:
+    """The [1 2 1]^2 / 16 binomial blur per channel (replicated edges)."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    w = (k[:, None] * k[None] / 16).expand(x.shape[1], 1, 3, 3).contiguous()
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), w, groups=x.shape[1])
+
+
+def check_metrics(seeds: int = 5, num: int = 1024) -> dict:
+    """Do the patches metrics rank known-bad samples worse? Per seed: the scorer's second real set (the
+    floor) against blurred / noised copies of that same set; mean and 95% t-interval over seeds."""
+    from covkernels.models.patches import METRICS, make_scorer
+
+    rows: dict = {}
+    for seed in range(seeds):
+        scorer = make_scorer(None, num, seed)
+        real, gen = scorer.reference2, torch.Generator().manual_seed(seed)
+        cases = {"real (floor)": real, "blur [1 2 1]^2": blur3(real),
+                 "noise 0.05": real + 0.05 * torch.randn(real.shape, generator=gen),
+                 "noise 0.1": real + 0.1 * torch.randn(real.shape, generator=gen),
+                 "contrast x0.9": real * 0.9}
+        for case, x in cases.items():
+            for metric, value in scorer(x).items():
+                rows.setdefault(case, {}).setdefault(metric, []).append(value)
+    t975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}[seeds]
+    out = {}
+    for case, metrics in rows.items():
+        out[case] = {}
+        for metric, values in metrics.items():
+            v = torch.tensor(values, dtype=torch.float64)
+            half = t975 * float(v.std()) / math.sqrt(len(values))
+            out[case][metric] = {"mean": float(v.mean()), "ci95": [float(v.mean()) - half, float(v.mean()) + half]}
+    return {"seeds": seeds, "num": num, "metrics": list(METRICS), "cases": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20000, help="maximum optimiser steps")
@@ -153,7 +187,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=WEIGHTS)
+    p.add_argument("--check-metrics", action="store_true",
+                   help="only rank corrupted held-out patches with the metrics; adds 'metric_check' to the JSON log")
     args = p.parse_args()
+    if args.check_metrics:
+        with open(LOG) as f:
+            info = json.load(f)
+        info["metric_check"] = check_metrics()
+        with open(LOG, "w") as f:
+            json.dump(info, f, indent=1)
+        print(json.dumps(info["metric_check"]["cases"], indent=1))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data, reference, data_info = build_data(torch.Generator().manual_seed(args.seed))
@@ -161,7 +205,7 @@ def main() -> None:
     torch.save({"patches": reference}, os.path.join(args.out, "patches_heldout.pt"))
     val = to_unit_range(reference[:256])
     command = "python benchmarks/train_patches.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "check_metrics"))
 
     def save(model, log):
         torch.save(model.state_dict(), os.path.join(args.out, "patches_unet.pt"))
