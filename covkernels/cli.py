@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .evaluation import EVAL_MODELS, NFES, TABLES, TUNE_SIGMA_MINS, VARIANTS
 from .cli_sample import cmd_sample
 from .ops.dispatch import BACKENDS

@@ -99,7 +99,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     same configuration; ``progress``: a callable for messages (None: silent, no progress display);
     ``command``: the command line quoted in the Markdown report.
     """
-    from . import __version__
+    from ._version import __version__
     from .progress import Progress
     from .sampling import COV_SIGMA_MAX
     from .schedules import SCHEDULES

@@ -125,9 +125,10 @@ def _as_nchw(x: torch.Tensor, basis: str):
 
 # Widest strip of the fused structured step per block size. Ahead-of-time builds for sm_80/sm_90
 # (benchmarks/triton_aot.py) show the unrolled channel loop spilling at K=8 with a 64-wide strip
-# (255 registers, ~2.9 KB spilled per thread) and none at 16; K=4 builds clean at 32 (72 registers).
+# (255 registers, ~2.9 KB spilled per thread), 12-16 B on sm_80 at 16, none at 8 (40 registers); K=4 builds
+# clean at 32 (72 registers).
 # At K=16 the kernel spills ~178 KB whatever the strip, so that block takes the reference path.
-STEP_STRIP = {1: 1024, 2: 64, 4: 32, 8: 16}
+STEP_STRIP = {1: 1024, 2: 64, 4: 32, 8: 8}
 
 
 def _strip(w: int, k: int) -> int:
