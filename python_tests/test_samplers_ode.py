@@ -28,8 +28,11 @@ def exact_flow(model: SpectralGaussian, x: torch.Tensor, sigma_from: float, sigm
     return model.mean + synthesis(c, "dct")
 
 
-ODE_SAMPLERS = {"ddim": {}, "heun": {}, "dpmpp_2m": {}, "ipndm": {}, "ipndm_v": {}, "unipc": {},
-                "dpmpp_3m_sde": {"eta": 0.0}, "dpmpp_2m_sde": {"eta": 0.0}}
+# every deterministic ODE solver of the registry (aDDIM is left out: it is not a solver of the flow, it
+# inflates the step by design), and the SDE solvers at eta = 0, their deterministic limit
+ODE_SAMPLERS = {name: {} for name, s in REGISTRY.items()
+                if s.family in ("ode_single", "ode_multistep") and name != "addim"}
+ODE_SAMPLERS.update({"dpmpp_3m_sde": {"eta": 0.0}, "dpmpp_2m_sde": {"eta": 0.0}})
 
 
 def flow_error(name: str, steps: int, model: SpectralGaussian) -> float:
@@ -156,12 +159,15 @@ def test_registry_is_the_single_source():
     ("unipc", "variant", "bh3", "variant must be"), ("dpmpp_2m_sde", "solver_type", "rk4", "solver_type must be"),
     ("dpmpp_3m_sde", "eta", -0.5, "eta must be a finite number >= 0"),
     ("addim", "variance_scale", math.nan, "variance_scale must be a finite number"),
+    ("addim", "posterior_variance", lambda s: 0.1, None),
 ])
 def test_new_samplers_name_bad_options(name, option, value, match):
     model = dct_gaussian()
     x = torch.zeros(1, *model.event_shape, dtype=torch.float64)
-    with pytest.raises(ValueError, match=match):
-        ck.get_sampler(name)(model, x, torch.tensor([1.0, 0.0], dtype=torch.float64), disable=True, **{option: value})
+    extra = {"sigma_data": 0.5} if option == "posterior_variance" else {}  # the analytic variance's option
+    with pytest.raises(ValueError, match=match or "do not apply together"):
+        ck.get_sampler(name)(model, x, torch.tensor([1.0, 0.0], dtype=torch.float64), disable=True,
+                             **{option: value}, **extra)
 
 
 def test_readme_sampler_table_lists_the_registry():
@@ -200,5 +206,26 @@ def test_ode_cov_splits_the_schedule_and_counts():
     assert ode[-1] == cov[0] == 0.9 and len(cov) == 4 and cov[-1] == 0 and cov[-2] == pytest.approx(0.1)
     assert ck.nfe_per_sample("ode_cov", s, switch_sigma=1.0) == 4 + 2
     assert ck.nfe_per_sample("ode_cov", s, switch_sigma=1.0, ode="heun", covariance="lanczos", cov_steps=2) == 8 + 8
+    assert ck.nfe_per_sample("ode_cov", 6) == 5 + 2  # 6 steps: at most 5 ODE steps, then the draw
     with pytest.raises(ValueError, match="ode must be a mean-only sampler"):
         ck.sample_ode_cov(dct_gaussian(), torch.zeros(1, 3, 8, 8), torch.tensor(s), ode="lanczos")
+    for bad in ({"lanczos_steps": 5}, {"eta": 1.0}, {"cov_sigma_min": 0.2}, {"block": 4}):
+        with pytest.raises(ValueError, match="do not apply"):
+            ck.sample_ode_cov(dct_gaussian(), torch.zeros(1, 3, 8, 8), torch.tensor(s), **bad)
+
+
+def test_ode_cov_guides_its_ode_part():
+    """With guidance the ODE steps use the guided denoiser too (not only the final covariance step)."""
+    model = dct_gaussian()
+    calls = []
+
+    def cond_model(x, sigma, shift=0.0):
+        calls.append(shift)
+        return model(x, sigma) + shift
+
+    sig = ck.karras_sigmas(5, 0.1, 10.0).double()
+    x = torch.randn(2, *model.event_shape, generator=gen(1), dtype=torch.float64) * 10.0
+    g = ck.Guidance(2.0, uncond_args={"shift": 0.0})
+    ck.sample_ode_cov(cond_model, x, sig, extra_args={"shift": 0.5}, guidance=g, disable=True, generator=gen(2),
+                      jvp="finite_difference")
+    assert calls.count(0.0) >= 3  # the unconditional branch runs in the ODE part as well

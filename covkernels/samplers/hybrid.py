@@ -14,6 +14,7 @@ import math
 import torch
 
 from .. import steps as step_lib
+from ..guidance import cfg_denoiser
 from ..schedules import karras_sigmas
 from .common import check_inputs, check_number, context, float_sigmas
 from .registry import REGISTRY, register
@@ -41,11 +42,14 @@ def split_schedule(sigmas: list[float], switch_sigma: float, cov_steps: int,
 def _nfe(sigmas, opts: dict) -> int:
     from .registry import nfe_per_sample
 
-    cov_cost = 1 + (opts["lanczos_steps"] if opts["covariance"] == "lanczos" else opts["probes"])
-    if isinstance(sigmas, int):
-        return nfe_per_sample(opts["ode"], [math.inf] * (sigmas + 1)) + cov_cost * opts["cov_steps"]
-    ode, _ = split_schedule(sigmas, opts["switch_sigma"], opts["cov_steps"], opts["cov_sigma_min"])
-    ode_cost = nfe_per_sample(opts["ode"], ode, **(opts["ode_options"] or {})) if len(ode) > 1 else 0
+    lanczos = opts["covariance"] == "lanczos"
+    cov_cost = 1 + ((opts["lanczos_steps"] or 3) if lanczos else (opts["probes"] or 1))
+    ode_options = opts["ode_options"] or {}
+    if isinstance(sigmas, int):  # n steps: at most n - 1 of them are ODE steps, then the covariance part
+        ode = [math.inf] * sigmas
+    else:
+        ode, _ = split_schedule(sigmas, opts["switch_sigma"], opts["cov_steps"], opts["cov_sigma_min"] or 0.1)
+    ode_cost = nfe_per_sample(opts["ode"], ode, **ode_options) if len(ode) > 1 else 0
     return ode_cost + cov_cost * opts["cov_steps"]
 
 
@@ -59,15 +63,19 @@ def _nfe(sigmas, opts: dict) -> int:
                     "ode_cov/ipndm-dct": {"ode": "ipndm", "covariance": "dct"}})
 @torch.no_grad()
 def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ode="dpmpp_2m",
-                   ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=0.1, eta=0.0,
-                   probes=1, lanczos_steps=3, block=8, c_max=1.0, channel_average=True, guidance=None,
+                   ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=None, eta=None,
+                   probes=None, lanczos_steps=None, block=None, c_max=1.0, channel_average=None, guidance=None,
                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
     """``ode`` (any mean-only registered sampler, with ``ode_options``) on the schedule's entries down to the
     first one ``<= switch_sigma``, then ``cov_steps`` covariance steps from there to 0 (see
     :func:`split_schedule`); the last is the posterior draw ``x0 = D + F^T(sigma_t sqrt(c) xi)`` (diagonal
     ``covariance`` in the identity / dct / convdct basis from ``probes`` Hutchinson JVPs) or its Lanczos form
-    with ``lanczos_steps`` JVPs. ``eta`` applies to the intermediate covariance steps (``cov_steps > 1``).
-    NFE: the ODE part's count plus ``(1 + probes)`` (or ``1 + lanczos_steps``) per covariance step."""
+    with ``lanczos_steps`` JVPs. ``eta`` (default 0) and ``cov_sigma_min`` (default 0.1) apply to the
+    intermediate covariance steps (``cov_steps > 1``); ``probes`` (1), ``block`` (8) and ``channel_average``
+    (True) to the diagonal estimators, ``lanczos_steps`` (3) to Lanczos: an option given where it does not
+    apply raises. With ``guidance`` the ODE part runs on the guided denoiser and the covariance part takes
+    the conditional JVP (as ``cov_ddim``). NFE: the ODE part's count plus ``(1 + probes)`` (or
+    ``1 + lanczos_steps``) per covariance step."""
     sigmas = check_inputs(x, sigmas)
     if ode not in REGISTRY or REGISTRY[ode].needs_jvp:
         raise ValueError(f"ode must be a mean-only sampler of the registry, one of "
@@ -77,13 +85,27 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
-    cov_sigma_min = check_number(cov_sigma_min, "cov_sigma_min", 0.0, low_open=True)
     cov_steps = step_lib.check_count(cov_steps, "cov_steps", 64)
-    eta = step_lib.check_eta(eta)
-    probes = step_lib.check_count(probes, "probes", 64)
-    k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
+    lanczos = covariance == "lanczos"
+    given = {"cov_sigma_min": cov_sigma_min, "eta": eta, "probes": probes, "lanczos_steps": lanczos_steps,
+             "block": block, "channel_average": channel_average}
+    applies = {"cov_sigma_min": cov_steps > 1, "eta": cov_steps > 1, "probes": not lanczos,
+               "lanczos_steps": lanczos, "block": covariance == "convdct", "channel_average": not lanczos}
+    wrong = [k for k, v in given.items() if v is not None and not applies[k]]
+    if wrong:
+        raise ValueError(f"ode_cov: option(s) {wrong} do not apply with covariance={covariance!r}, "
+                         f"cov_steps={cov_steps}")
+    cov_sigma_min = check_number(0.1 if cov_sigma_min is None else cov_sigma_min, "cov_sigma_min", 0.0,
+                                 low_open=True)
+    eta = step_lib.check_eta(0.0 if eta is None else eta)
+    probes = step_lib.check_count(1 if probes is None else probes, "probes", 64)
+    k = step_lib.check_count(3 if lanczos_steps is None else lanczos_steps, "lanczos_steps", 64)
+    block = 8 if block is None else block
+    channel_average = True if channel_average is None else channel_average
+    if not isinstance(channel_average, bool):
+        raise TypeError(f"channel_average must be a bool, got {channel_average!r}")
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    if covariance != "lanczos":
+    if not lanczos:
         step_lib.check_basis(covariance, block, x)
         if channel_average and x.dim() != 4:
             raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got {tuple(x.shape)}")
@@ -93,7 +115,8 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     ode_sigmas, cov_sigmas = split_schedule(s, switch_sigma, cov_steps, cov_sigma_min)
     offset = 0
     if len(ode_sigmas) > 1:
-        x = REGISTRY[ode].fn(model, x, torch.tensor(ode_sigmas, dtype=sigmas.dtype, device=sigmas.device),
+        ode_model = model if guidance is None else cfg_denoiser(model, guidance)
+        x = REGISTRY[ode].fn(ode_model, x, torch.tensor(ode_sigmas, dtype=sigmas.dtype, device=sigmas.device),
                              extra_args=extra_args, callback=callback,
                              disable=disable, generator=generator, sample_offset=sample_offset,
                              check_finite=check_finite, **(ode_options or {}))
@@ -106,10 +129,10 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
                                                      reorthogonalize=True, c_max=c_max)
         else:
             x_next, denoised = step_lib.structured_step(ctx, x, i, st, ss, eta=eta, basis=covariance, block=block,
-                                                        channel_average=bool(channel_average), c_max=c_max,
+                                                        channel_average=channel_average, c_max=c_max,
                                                         probes=probes)
         if callback is not None:
-            sig = torch.tensor(st, dtype=sigmas.dtype)
+            sig = torch.tensor(st, dtype=sigmas.dtype, device=sigmas.device)
             callback({"x": x, "i": i, "sigma": sig, "sigma_hat": sig, "denoised": denoised})
         x = x_next
     return x

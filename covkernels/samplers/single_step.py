@@ -100,6 +100,8 @@ def calibrate_addim_variance(model, data: torch.Tensor, sigmas, *, factor: float
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] < 1:
         raise ValueError(f"data must be a tensor of clean samples (N, ...), got {getattr(data, 'shape', data)!r}")
     factor = check_number(factor, "factor", 0.0, low_open=True)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     levels = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist() if s > 0]
     if not levels:
         raise ValueError("sigmas must contain at least one positive noise level")
@@ -120,8 +122,8 @@ def calibrate_addim_variance(model, data: torch.Tensor, sigmas, *, factor: float
           summary="aDDIM (Heek et al. 2024): deterministic DDIM that inflates the predicted-noise direction "
                   "by the x0 uncertainty")
 @torch.no_grad()
-def sample_addim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, sigma_data=0.5,
-                 variance_scale=0.1, posterior_variance=None, inflate_last=False, guidance=None, generator=None,
+def sample_addim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, sigma_data=None,
+                 variance_scale=None, posterior_variance=None, inflate_last=False, guidance=None, generator=None,
                  sample_offset=0, check_finite=True):
     """aDDIM, deterministic: ``x_s = D + sqrt(sigma_s^2 + d (1 - sigma_s/sigma_t)^2 v_t / ||eps||^2) eps``
     with ``eps = (x_t - D) / sigma_t`` per sample and ``d`` its dimension.
@@ -129,18 +131,22 @@ def sample_addim(model, x, sigmas, extra_args=None, callback=None, disable=None,
     The DDIM step ``D + sigma_s eps`` loses ``(1 - sigma_s/sigma_t)^2 tr Cov[x0 | x_t]`` of the perfect
     sampler's squared norm (the x0 estimate is a mean); aDDIM puts it back along ``eps`` instead of adding
     fresh noise. ``v_t``: ``posterior_variance(sigma_t)`` if given (e.g. from
-    :func:`calibrate_addim_variance`), else the analytic :func:`addim_variance` with ``sigma_data`` and
-    ``variance_scale``. The step to sigma = 0 returns ``D`` like every sampler here, unless
+    :func:`calibrate_addim_variance`), else the analytic :func:`addim_variance` with ``sigma_data`` (default
+    0.5) and ``variance_scale`` (default 0.1); giving those with ``posterior_variance`` raises. The step to sigma = 0 returns ``D`` like every sampler here, unless
     ``inflate_last=True`` (the formula with ``sigma_s = 0``). With ``guidance`` ``D`` is the guided mean;
     ``v_t`` is a property of the conditional model (calibrate it on the conditional branch).
     ``generator`` / ``sample_offset`` are accepted for a uniform signature and not used. 1 NFE per step.
     """
     sigmas = check_inputs(x, sigmas)
-    sigma_data = check_number(sigma_data, "sigma_data", 0.0, low_open=True)
-    variance_scale = check_number(variance_scale, "variance_scale", 0.0)
-    if posterior_variance is not None and not callable(posterior_variance):
-        raise TypeError(f"posterior_variance must be a callable sigma -> variance or None, "
-                        f"got {type(posterior_variance).__name__}")
+    if posterior_variance is not None:
+        if not callable(posterior_variance):
+            raise TypeError(f"posterior_variance must be a callable sigma -> variance or None, "
+                            f"got {type(posterior_variance).__name__}")
+        if sigma_data is not None or variance_scale is not None:
+            raise ValueError("sigma_data / variance_scale set the analytic variance: they do not apply together "
+                             "with posterior_variance")
+    sigma_data = check_number(0.5 if sigma_data is None else sigma_data, "sigma_data", 0.0, low_open=True)
+    variance_scale = check_number(0.1 if variance_scale is None else variance_scale, "variance_scale", 0.0)
     if not isinstance(inflate_last, bool):
         raise TypeError(f"inflate_last must be a bool, got {inflate_last!r}")
     ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite, guidance=guidance)
