@@ -24,8 +24,9 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 rev=${COVKERNELS_GIT_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/covkernels-site .whl/*.whl
-  export PYTHONPATH=/tmp/covkernels-site${PYTHONPATH:+:$PYTHONPATH}
+  site=$(mktemp -d)  # carried wheels (diffusers, ...) for an image without network
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
+  export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > "$out/install.tmp" 2>&1 \
   || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # offline fallback: run from the tree
