@@ -131,7 +131,7 @@ def test_digits_ideal_errors():
 
 
 def test_reference_offset_matches_the_evaluation():
-    testbeds = pytest.importorskip("covkernels.testbeds")
+    import covkernels.testbeds as testbeds
     from covkernels.models import digits_ideal, patches
 
     assert digits_ideal.REFERENCE_SEED_OFFSET == patches.REFERENCE_SEED_OFFSET == testbeds.REFERENCE_SEED_OFFSET
