@@ -154,6 +154,9 @@ def test_source_tree_shadowing_is_diagnosed(tmp_path, installed_copy_has_library
     clone = _fake_clone(tmp_path / "clone")
     site = tmp_path / "site"  # where `pip install .` put the package (with its library, when it was built)
     (site / "covkernels").mkdir(parents=True)
+    # a regular package (an __init__.py): a bare folder would be a namespace portion, and the import system
+    # prefers any regular covkernels further down sys.path (the test environment's own installed copy)
+    (site / "covkernels" / "__init__.py").write_text("")
     if installed_copy_has_library:
         (site / "covkernels" / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"")
     env = dict(os.environ, PYTHONPATH=str(site))
