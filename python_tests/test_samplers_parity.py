@@ -24,7 +24,8 @@ K_DIFFUSION = "k-diffusion==0.1.1.post1"
 @pytest.fixture(scope="module")
 def kd_sampling(tmp_path_factory):
     """k-diffusion's ``sampling`` module from its wheel, with its heavy imports (torchsde, torchdiffeq,
-    torchvision via utils) stubbed: the functions compared here use none of them when given a noise_sampler."""
+    scipy, torchvision via utils) stubbed where missing: the functions compared here use none of them when
+    given a noise_sampler."""
     where = tmp_path_factory.mktemp("kd")
     got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(where), K_DIFFUSION],
                          capture_output=True, text=True, timeout=180)
@@ -40,11 +41,15 @@ def kd_sampling(tmp_path_factory):
     (pkg / "utils.py").write_text(
         "def append_dims(x, target_dims):\n    return x[(...,) + (None,) * (target_dims - x.ndim)]\n\n"
         "def append_zero(x):\n    import torch\n    return torch.cat([x, x.new_zeros([1])])\n")
-    saved = {name: sys.modules.get(name) for name in ("torchsde", "torchdiffeq")}
-    sys.modules.setdefault("torchsde", types.ModuleType("torchsde"))
-    stub = types.ModuleType("torchdiffeq")
-    stub.odeint = None
-    sys.modules.setdefault("torchdiffeq", stub)
+    stubbed = ("torchsde", "torchdiffeq", "scipy", "scipy.integrate")  # used only by samplers not compared
+    saved = {name: sys.modules.get(name) for name in stubbed}
+    for name in stubbed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = types.ModuleType(name)
+    sys.modules["torchdiffeq"].odeint = getattr(sys.modules["torchdiffeq"], "odeint", None)
+    sys.modules["scipy"].integrate = sys.modules["scipy.integrate"]
     spec_pkg = importlib.util.spec_from_file_location("kd_ref", pkg / "__init__.py",
                                                       submodule_search_locations=[str(pkg)])
     sys.modules["kd_ref"] = importlib.util.module_from_spec(spec_pkg)
