@@ -92,8 +92,12 @@ class DigitsDenoiser(EDMDenoiser):
     event_shape = EVENT_SHAPE
 
     def __init__(self, sigma_data: float = 0.5, width: int = 32):
-        super().__init__(DigitsUNet(width), sigma_data=sigma_data, noise_scale=1.0)
+        super().__init__(self.make_network(width), sigma_data=sigma_data, noise_scale=1.0)
         self.register_buffer("sigma_data_buffer", torch.tensor(float(sigma_data)))
+
+    def make_network(self, width: int) -> nn.Module:
+        """The preconditioned network ``F``; subclasses of other image shapes override it."""
+        return DigitsUNet(width)
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state, strict=strict, assign=assign)
@@ -101,12 +105,17 @@ class DigitsDenoiser(EDMDenoiser):
         return out
 
 
-def _weight_file(kind: str):
-    path = resources.files("covkernels.models") / "weights" / WEIGHTS[kind]
+def weight_file(filename: str, what: str, trainer: str):
+    """A file shipped under ``covkernels/models/weights/``; a clear error naming ``trainer`` if it is missing."""
+    path = resources.files("covkernels.models") / "weights" / filename
     if not path.is_file():
-        raise FileNotFoundError(f"the {kind} weights {WEIGHTS[kind]} are not in this installation of covkernels; "
-                                f"reinstall it, or train them with benchmarks/train_digits.py")
+        raise FileNotFoundError(f"the {what} {filename} is not in this installation of covkernels; "
+                                f"reinstall it, or train it with {trainer}")
     return path
+
+
+def _weight_file(kind: str):
+    return weight_file(WEIGHTS[kind], f"{kind} weights", "benchmarks/train_digits.py")
 
 
 def digits_denoiser() -> DigitsDenoiser:

@@ -16,8 +16,7 @@ from importlib import resources
 import torch
 from torch import nn
 
-from .digits import DigitsUNet
-from .unet import EDMDenoiser
+from .digits import DigitsDenoiser, DigitsUNet, weight_file
 
 EVENT_SHAPE = (3, 16, 16)
 WEIGHTS = {"denoiser": "patches_unet.pt", "reference": "patches_heldout.pt"}
@@ -33,27 +32,17 @@ class PatchUNet(DigitsUNet):
         self.out[-1] = nn.Conv2d(width, channels, 3, padding=1)
 
 
-class PatchesDenoiser(EDMDenoiser):
+class PatchesDenoiser(DigitsDenoiser):
     """``D(x, sigma)`` of the trained patches model; ``event_shape = (3, 16, 16)``; data in [-1, 1]."""
 
     event_shape = EVENT_SHAPE
 
-    def __init__(self, sigma_data: float = 0.5, width: int = 32):
-        super().__init__(PatchUNet(width, channels=EVENT_SHAPE[0]), sigma_data=sigma_data, noise_scale=1.0)
-        self.register_buffer("sigma_data_buffer", torch.tensor(float(sigma_data)))
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        out = super().load_state_dict(state, strict=strict, assign=assign)
-        self.sigma_data = float(self.sigma_data_buffer)
-        return out
+    def make_network(self, width: int) -> nn.Module:
+        return PatchUNet(width, channels=EVENT_SHAPE[0])
 
 
 def _weight_file(kind: str):
-    path = resources.files("covkernels.models") / "weights" / WEIGHTS[kind]
-    if not path.is_file():
-        raise FileNotFoundError(f"the patches {kind} file {WEIGHTS[kind]} is not in this installation of "
-                                f"covkernels; reinstall it, or train it with benchmarks/train_patches.py")
-    return path
+    return weight_file(WEIGHTS[kind], f"patches {kind} file", "benchmarks/train_patches.py")
 
 
 def _load(kind: str) -> dict:
