@@ -64,3 +64,15 @@ def sampler_normal(seed, shape, **kw):
 @pytest.fixture
 def generator():
     return gen(1234)
+
+
+def tiny_unet(num_classes=None):
+    """A seeded float64 diffusers UNet2DModel (16 x 16, 3 channels, one attention level) for the adapter
+    and scheduler-equivalence tests (diffusers is in the test extra)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                 attention_head_dim=8, num_class_embeds=num_classes).eval().double()

@@ -5,19 +5,11 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import gen
+from conftest import gen, tiny_unet
 from covkernels.adapters import k_diffusion as kd
 
 diffusers = pytest.importorskip("diffusers")
 from covkernels.adapters.diffusers import DiffusersDenoiser, scheduler_sigmas  # noqa: E402
-
-
-def tiny_unet(num_classes=None):
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                                 attention_head_dim=8, num_class_embeds=num_classes).eval().double()
 
 
 @pytest.mark.parametrize("float64_schedule", [True, False], ids=["exact", "float32_alphas"])

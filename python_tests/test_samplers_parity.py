@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import covkernels as ck
-from conftest import gen
+from conftest import gen, tiny_unet
 from covkernels.adapters.diffusers import DiffusersDenoiser, scheduler_sigmas
 from covkernels.models import get_model
 
@@ -90,14 +90,6 @@ def test_equals_k_diffusion(kd_sampling, ours, theirs, options):
     kw = {"noise_sampler": recorded_noise(x.shape, 1)} if stochastic else {}
     got = ck.get_sampler(ours)(model, x, sigmas, disable=True, **options, **kw)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-def tiny_unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                                 attention_head_dim=8).eval().double()
 
 
 @pytest.mark.parametrize("order,steps,variant", [(3, 8, "bh2"), (2, 10, "bh2"), (1, 5, "bh2")])
