@@ -17,19 +17,26 @@ from .. import steps as step_lib
 from ..guidance import cfg_denoiser
 from ..schedules import karras_sigmas
 from .common import check_inputs, check_number, context, float_sigmas
+from .gaussianity import AUTO_TOLERANCE, auto_switch_draw
 from .registry import REGISTRY, register
 
 COVARIANCES = ("identity", "dct", "convdct", "lanczos")
 
 
-def split_schedule(sigmas: list[float], switch_sigma: float, cov_steps: int,
+SWITCH_MODES = ("end", "auto")
+
+
+def split_schedule(sigmas: list[float], switch_sigma, cov_steps: int,
                    cov_sigma_min: float) -> tuple[list[float], list[float]]:
     """``(ode_sigmas, cov_sigmas)``: the schedule's prefix down to its first entry ``<= switch_sigma``
-    (none if ``sigmas[0] <= switch_sigma``), then ``cov_steps`` steps from there to 0 (Karras spacing down to
-    ``cov_sigma_min``, then 0; one step is the jump straight to 0). Entries of ``sigmas`` below the switch
-    point are not used."""
+    (none if ``sigmas[0] <= switch_sigma``; ``"end"`` / ``"auto"``: every positive entry), then ``cov_steps``
+    steps from there to 0 (Karras spacing down to ``cov_sigma_min``, then 0; one step is the jump straight to
+    0). Entries of ``sigmas`` below the switch point are not used."""
     positive = [s for s in sigmas if s > 0]
-    j = next((k for k, s in enumerate(positive) if s <= switch_sigma), len(positive) - 1)
+    if switch_sigma in SWITCH_MODES:
+        j = len(positive) - 1
+    else:
+        j = next((k for k, s in enumerate(positive) if s <= switch_sigma), len(positive) - 1)
     ode = positive[:j + 1]
     start = ode[-1]
     if cov_steps == 1:
@@ -57,14 +64,20 @@ def _nfe(sigmas, opts: dict) -> int:
           summary="a mean-only ODE sampler down to switch_sigma, then covariance steps to 0 ending in a "
                   "Gaussian posterior draw (beyond the papers)",
           variants={"ode_cov/dct": {"covariance": "dct"}, "ode_cov/convdct": {"covariance": "convdct"},
+                    "ode_cov/convdct-overlap": {"covariance": "convdct", "block": 8, "stride": 4},
                     "ode_cov/lanczos": {"covariance": "lanczos"},
                     "ode_cov/dct-switch0.5": {"covariance": "dct", "switch_sigma": 0.5},
                     "ode_cov/dct-switch2": {"covariance": "dct", "switch_sigma": 2.0},
-                    "ode_cov/ipndm-dct": {"ode": "ipndm", "covariance": "dct"}})
+                    "ode_cov/ipndm-dct": {"ode": "ipndm", "covariance": "dct"},
+                    "ode_cov/end-dct": {"covariance": "dct", "switch_sigma": "end"},
+                    "ode_cov/end-ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": "end"},
+                    "ode_cov/auto-dct": {"covariance": "dct", "switch_sigma": "auto"},
+                    "ode_cov/auto-ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": "auto"}})
 @torch.no_grad()
 def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ode="dpmpp_2m",
                    ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=None, eta=None,
-                   probes=None, lanczos_steps=None, block=None, c_max=1.0, channel_average=None, guidance=None,
+                   probes=None, lanczos_steps=None, block=None, c_max=1.0, channel_average=None, auto_tolerance=None,
+                   stride=None, guidance=None,
                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
     """``ode`` (any mean-only registered sampler, with ``ode_options``) on the schedule's entries down to the
     first one ``<= switch_sigma``, then ``cov_steps`` covariance steps from there to 0 (see
@@ -72,7 +85,8 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     ``covariance`` in the identity / dct / convdct basis from ``probes`` Hutchinson JVPs) or its Lanczos form
     with ``lanczos_steps`` JVPs. ``eta`` (default 0) and ``cov_sigma_min`` (default 0.1) apply to the
     intermediate covariance steps (``cov_steps > 1``); ``probes`` (1), ``block`` (8) and ``channel_average``
-    (True) to the diagonal estimators, ``lanczos_steps`` (3) to Lanczos: an option given where it does not
+    (True) to the diagonal estimators, ``stride`` (None = ``block``; smaller: the overlapping frame of
+    ``steps.overlap_step``) to convdct, ``lanczos_steps`` (3) to Lanczos: an option given where it does not
     apply raises. With ``guidance`` the ODE part runs on the guided denoiser and the covariance part takes
     the conditional JVP (as ``cov_ddim``). NFE: the ODE part's count plus ``(1 + probes)`` (or
     ``1 + lanczos_steps``) per covariance step."""
@@ -84,17 +98,24 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
         raise TypeError(f"ode_options must be a dict or None, got {type(ode_options).__name__}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-    switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
+    if switch_sigma not in SWITCH_MODES:
+        switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
     cov_steps = step_lib.check_count(cov_steps, "cov_steps", 64)
-    lanczos = covariance == "lanczos"
+    lanczos, auto = covariance == "lanczos", switch_sigma == "auto"
+    if auto and (lanczos or cov_steps != 1):
+        raise ValueError(f"switch_sigma='auto' needs a diagonal covariance (identity/dct/convdct) and cov_steps=1, "
+                         f"got covariance={covariance!r}, cov_steps={cov_steps}")
     given = {"cov_sigma_min": cov_sigma_min, "eta": eta, "probes": probes, "lanczos_steps": lanczos_steps,
-             "block": block, "channel_average": channel_average}
+             "block": block, "channel_average": channel_average, "auto_tolerance": auto_tolerance, "stride": stride}
     applies = {"cov_sigma_min": cov_steps > 1, "eta": cov_steps > 1, "probes": not lanczos,
-               "lanczos_steps": lanczos, "block": covariance == "convdct", "channel_average": not lanczos}
+               "lanczos_steps": lanczos, "block": covariance == "convdct", "channel_average": not lanczos,
+               "auto_tolerance": auto, "stride": covariance == "convdct" and not auto}
     wrong = [k for k, v in given.items() if v is not None and not applies[k]]
     if wrong:
         raise ValueError(f"ode_cov: option(s) {wrong} do not apply with covariance={covariance!r}, "
-                         f"cov_steps={cov_steps}")
+                         f"cov_steps={cov_steps}, switch_sigma={switch_sigma!r}")
+    auto_tolerance = check_number(AUTO_TOLERANCE if auto_tolerance is None else auto_tolerance, "auto_tolerance",
+                                  0.0)
     cov_sigma_min = check_number(0.1 if cov_sigma_min is None else cov_sigma_min, "cov_sigma_min", 0.0,
                                  low_open=True)
     eta = step_lib.check_eta(0.0 if eta is None else eta)
@@ -107,21 +128,33 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     c_max = step_lib.check_c_max(c_max, allow_none=True)
     if not lanczos:
         step_lib.check_basis(covariance, block, x)
+        stride = step_lib.check_stride_option(stride, covariance, block, x)
         if channel_average and x.dim() != 4:
             raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got {tuple(x.shape)}")
     s = float_sigmas(sigmas)
     if s[-1] != 0:
         raise ValueError(f"sigmas must end in 0 for ode_cov (its last step is a posterior draw), got {s}")
     ode_sigmas, cov_sigmas = split_schedule(s, switch_sigma, cov_steps, cov_sigma_min)
-    offset = 0
+    offset, history = 0, []
     if len(ode_sigmas) > 1:
         ode_model = model if guidance is None else cfg_denoiser(model, guidance)
+
+        def record(info):  # the trajectory's (sigma_i, D(x_i, sigma_i)) for the automatic switch
+            if auto:
+                history.append((float(info["sigma"]), info["x"], info["denoised"]))
+            if callback is not None:
+                callback(info)
+
         x = REGISTRY[ode].fn(ode_model, x, torch.tensor(ode_sigmas, dtype=sigmas.dtype, device=sigmas.device),
-                             extra_args=extra_args, callback=callback,
+                             extra_args=extra_args, callback=record if (auto or callback) else None,
                              disable=disable, generator=generator, sample_offset=sample_offset,
                              check_finite=check_finite, **(ode_options or {}))
         offset = len(ode_sigmas) - 1
     ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    if auto:
+        return auto_switch_draw(ctx, x, offset, cov_sigmas[0], history, basis=covariance, block=block,
+                                channel_average=channel_average, c_max=c_max, probes=probes,
+                                tolerance=auto_tolerance, callback=callback, sigma_dtype=sigmas.dtype)
     for j, (st, ss) in enumerate(zip(cov_sigmas[:-1], cov_sigmas[1:])):
         i = offset + j
         if covariance == "lanczos":
@@ -130,7 +163,7 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
         else:
             x_next, denoised = step_lib.structured_step(ctx, x, i, st, ss, eta=eta, basis=covariance, block=block,
                                                         channel_average=channel_average, c_max=c_max,
-                                                        probes=probes)
+                                                        probes=probes, stride=stride)
         if callback is not None:
             sig = torch.tensor(st, dtype=sigmas.dtype, device=sigmas.device)
             callback({"x": x, "i": i, "sigma": sig, "sigma_hat": sig, "denoised": denoised})

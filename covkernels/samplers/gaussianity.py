@@ -1,0 +1,128 @@
+"""The automatic switch of ``ode_cov``: where along an ODE trajectory the posterior is Gaussian enough for one
+covariance draw, judged per sample from quantities the sampler already has (no extra model evaluations).
+
+Gaussian model (per coefficient of a basis F that diagonalises the data covariance, variance ``lam``): at
+noise ``sigma`` the denoiser's Jacobian is ``c = lam / (lam + sigma^2)``, so a coefficient measured at one
+sigma gives ``lam = sigma^2 c / (1 - c)`` and hence ``c`` at any other sigma (the spectrum transfer). Along the
+exact probability-flow ODE of such data ``x_sigma - mu = sqrt(lam + sigma^2) z`` with ``z`` fixed, which gives,
+without knowing ``mu``,
+
+    D(x_s, s) - D(x_t, t) = (lam / t^2) (sqrt((lam + t^2) / (lam + s^2)) - 1) (x_t - D(x_t, t)).
+
+The diagnostic: from the end point of the trajectory (``x_k``, ``D_k`` and the JVP's coefficients at
+``sigma_k``) predict the denoised means the ODE actually computed at the earlier points and measure the
+relative miss ``r_i = ||D_i^pred - D_i|| / ||D_i - D_k||``. Where the data are Gaussian (or the posterior is
+already inside one Gaussian mode) the prediction holds up to the solver's error; where the trajectory was
+still choosing between modes it fails. The draw is taken from the earliest point after which every
+``r_j <= tolerance`` (the end point if none), with the spectrum transferred there.
+
+Shapes: ``x``, ``D`` ``(B, C, H, W)``; coefficients ``c`` / ``lam`` ``(B, 1 or C, H, W)`` (channel-averaged
+coefficients broadcast over channels).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops.noise.reference import work_dtype
+
+# Relative miss of the Gaussian prediction accepted as "Gaussian enough" (switch_sigma="auto"). Chosen on the
+# oracles (benchmarks/results/best/): exact Gaussian data with a 4-step DPM-Solver++(2M) trajectory miss by
+# well under it; trajectories still choosing a mixture component miss by far more than it.
+AUTO_TOLERANCE = 0.25
+# c is clamped below this before the transfer: lam = sigma^2 c / (1 - c) is infinite at c = 1.
+C_TRANSFER_MAX = 0.999
+
+
+def spectrum(c: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Data variance per coefficient ``lam = sigma^2 c / (1 - c)`` implied by Jacobian coefficients ``c``
+    measured at ``sigma`` (c clamped to ``[0, C_TRANSFER_MAX]``)."""
+    c = c.clamp(0.0, C_TRANSFER_MAX)
+    return sigma ** 2 * c / (1.0 - c)
+
+
+def coefficients_at(lam: torch.Tensor, sigma) -> torch.Tensor:
+    """Jacobian coefficients ``lam / (lam + sigma^2)`` of a Gaussian of variances ``lam`` at ``sigma``."""
+    return lam / (lam + sigma ** 2)
+
+
+def ode_gain(lam: torch.Tensor, sigma_t: float, sigma_s: float) -> torch.Tensor:
+    """Per coefficient ``(D_s - D_t) / (x_t - D_t)`` along the exact PF-ODE of a Gaussian (module docstring)."""
+    return (lam / sigma_t ** 2) * (torch.sqrt((lam + sigma_t ** 2) / (lam + sigma_s ** 2)) - 1.0)
+
+
+def prediction_misses(history, x_end: torch.Tensor, d_end: torch.Tensor, lam: torch.Tensor, sigma_end: float,
+                      analysis, synthesis) -> torch.Tensor:
+    """``(len(history), B)`` relative misses ``r_i`` of the Gaussian prediction of each earlier denoised mean.
+
+    ``history``: ``[(sigma_i, D_i), ...]`` of the trajectory's earlier points; ``analysis`` / ``synthesis``:
+    the basis transform ``F`` and ``F^T`` (B, C, H, W) -> (B, C, H, W).
+    """
+    wd = lam.dtype
+    residual = analysis((x_end - d_end).to(wd))
+    out = []
+    for sigma_i, d_i in history:
+        pred = d_end.to(wd) + synthesis(ode_gain(lam, sigma_end, sigma_i) * residual)
+        miss = (pred - d_i.to(wd)).flatten(1).norm(dim=1)
+        scale = (d_i.to(wd) - d_end.to(wd)).flatten(1).norm(dim=1)
+        out.append(miss / scale.clamp_min(torch.finfo(wd).tiny))
+    return torch.stack(out) if out else torch.empty(0, x_end.shape[0], dtype=wd, device=x_end.device)
+
+
+def earliest_consistent(misses: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``(B,)`` index into ``history + [end]``: the earliest point after which every miss is ``<= tolerance``
+    (``len(history)``, the end point, where the last miss already exceeds it)."""
+    n = misses.shape[0]
+    ok = misses <= tolerance
+    # suffix "all ok" from the end backwards: the first index i with ok[i:].all()
+    suffix_ok = torch.flip(torch.cumprod(torch.flip(ok, [0]).to(torch.int64), dim=0), [0]).bool()
+    first = torch.full((misses.shape[1],), n, dtype=torch.long, device=misses.device)
+    for i in range(n - 1, -1, -1):
+        first = torch.where(suffix_ok[i], torch.full_like(first, i), first)
+    return first
+
+
+def auto_switch_draw(ctx, x: torch.Tensor, step: int, sigma_end: float, history, *, basis: str, block: int,
+                     channel_average: bool, c_max, probes: int, tolerance: float, callback=None,
+                     sigma_dtype=torch.float32) -> torch.Tensor:
+    """The draw of ``ode_cov(switch_sigma="auto")`` at the end ``x`` ``(B, C, H, W)`` of the ODE trajectory
+    ``history = [(sigma_i, x_i, D_i), ...]``: ``probes`` Hutchinson JVPs at ``sigma_end`` give the diagonal
+    ``c`` in ``basis``, the misses choose per sample the earliest Gaussian-consistent point ``i*``, and the
+    sample is ``D_i* + F^T(sigma_i* sqrt(c_i*) xi)`` with ``c`` transferred to ``sigma_i*`` (measured ``c``,
+    clamped to ``c_max``, at the end point). Cost: ``1 + probes`` evaluations, as the plain draw."""
+    wd = work_dtype(x.dtype)
+    zs, fjvs, d_end = [], [], None
+    for p in range(probes):
+        v = ctx.ops.probe_tangent(ctx.seed, x.shape, sample_offset=ctx.sample_offset, step=step, index=p,
+                                  basis=basis, block=block, dtype=x.dtype, device=x.device)
+        mean, jv = ctx.jvp(x, sigma_end, v, step, fresh=p == 0)
+        d_end = mean if p == 0 else d_end
+        zs.append(ctx.ops.analysis(v.to(wd), basis, block))
+        fjvs.append(ctx.ops.analysis(jv.to(wd), basis, block))
+    c = (torch.stack(zs) * torch.stack(fjvs)).mean(dim=0)
+    if channel_average:
+        c = c.mean(dim=1, keepdim=True)
+    lam = spectrum(c, sigma_end)
+
+    def analysis(t):
+        return ctx.ops.analysis(t, basis, block)
+
+    def synthesis(t):
+        return ctx.ops.synthesis(t, basis, block)
+
+    misses = prediction_misses([(s, d) for s, _, d in history], x, d_end, lam, sigma_end, analysis, synthesis)
+    choice = earliest_consistent(misses, tolerance)  # (B,) index into history + [end]
+    sig = torch.tensor([s for s, _, _ in history] + [sigma_end], dtype=wd, device=x.device)
+    means = torch.stack([d.to(wd) for _, _, d in history] + [d_end.to(wd)])
+    rows = torch.arange(x.shape[0], device=x.device)
+    chosen_sigma = sig[choice]
+    view = (-1,) + (1,) * (x.dim() - 1)
+    c_end = c.clamp(min=0.0, max=c_max)
+    c_sel = torch.where((choice == len(history)).view(view), c_end,
+                        coefficients_at(lam, chosen_sigma.view(view)))
+    xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
+    out = means[choice, rows] + synthesis(chosen_sigma.view(view) * torch.sqrt(c_sel) * xi)
+    if callback is not None:
+        callback({"x": x, "i": step, "sigma": torch.tensor(sigma_end, dtype=sigma_dtype, device=x.device),
+                  "sigma_hat": torch.tensor(sigma_end, dtype=sigma_dtype, device=x.device), "denoised": d_end,
+                  "switch_sigma": chosen_sigma, "misses": misses})
+    return out.to(x.dtype)
