@@ -18,6 +18,7 @@ from .ops.dispatch import BACKENDS
 from .jvp import STRATEGIES
 from .sampling import SAMPLERS
 from .schedules import SCHEDULES
+from .testbeds import testbed_names
 
 
 def cmd_eval(args) -> int:
@@ -140,11 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"covkernels {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sample", help="sample a built-in model (gmm, gaussian, digits), write a PNG grid, print a quality figure",
+    s = sub.add_parser("sample", help="sample a testbed's model, write a PNG grid, print its quality figure",
                        formatter_class=fmt)
-    s.add_argument("--model", default="gmm", choices=["gmm", "gaussian", "digits"],
-                   help="built-in model: gmm (Gaussian-mixture oracle, 3x32x32), gaussian (Gaussian oracle), "
-                        "digits (trained UNet, 1x16x16)")
+    s.add_argument("--model", default="gmm", choices=testbed_names(),
+                   help="a testbed of the evaluation (covkernels.testbeds): its model is sampled and --num-eval "
+                        "samples are scored with its metrics")
     s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS,
                    help="sampler; its options below apply only where it takes them (others are refused)")
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")

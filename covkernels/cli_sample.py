@@ -1,4 +1,8 @@
-"""``covkernels sample``: sample a built-in model, write a PNG grid, print a quality figure.
+"""``covkernels sample``: sample a testbed's model, write a PNG grid, print its quality figure.
+
+The models and their metrics are those of the evaluation (:mod:`covkernels.testbeds`): ``--model`` takes
+any registered testbed and ``--num-eval`` samples are scored by that testbed's scorer (main metric, its
+floor, the other metrics).
 
 Which sampler options apply is read from the sampler functions' signatures (``get_sampler(name)``), so a
 sampler added to the registry is covered without edits here. Progress: one display over all batches and
@@ -48,15 +52,22 @@ def check_sample_args(args) -> dict:
     return sampler_options(args.sampler, {name: getattr(args, name) for name in SAMPLER_FLAGS})
 
 
+def min_eval_samples(testbed) -> int:
+    """Fewest samples a testbed's scorer takes: its k-NN precision / recall (k = 3) need 4, the distances 2."""
+    return 4 if "precision" in testbed.metrics else 2
+
+
 def warnings_for(args, sigmas: torch.Tensor) -> list[str]:
     """Configurations known to give meaningless output or figures (the run goes on; these go to stderr)."""
+    from .testbeds import get_testbed
+
     out = []
     positive = [float(s) for s in sigmas if s > 0]
     if args.sampler == "heun" and len(positive) == 2:
         out.append(f"heun with {len(sigmas) - 1} steps takes its only Heun step from sigma_max={positive[0]:g} "
                    f"straight to sigma_min={positive[1]:g}, which gives saturated noise (README quality table: "
                    f"Frechet distance 4.1e3 on gmm at 2 steps, 4.7 at 4); use --steps 4 or more")
-    min_eval = 4 if args.model == "digits" else 2
+    min_eval = min_eval_samples(get_testbed(args.model))
     if 0 < args.num_eval < min_eval:
         out.append(f"--num-eval {args.num_eval}: no quality figure, it needs at least {min_eval} samples")
     elif min_eval <= args.num_eval < MIN_EVAL_SAMPLES:
@@ -65,40 +76,41 @@ def warnings_for(args, sigmas: torch.Tensor) -> list[str]:
     return out
 
 
-def _score_digits(model, samples, num_eval, seed, progress):
-    from .evaluation import Scorer
+def make_scorer(testbed, model, num_eval: int, seed: int):
+    """The testbed's scorer of ``num_eval`` samples of seed ``seed`` (built before sampling, so that a
+    ``--num-eval`` the testbed cannot score is refused at once). Raises ValueError naming ``--num-eval``."""
+    try:
+        return testbed.make_scorer(model, num_eval, seed)
+    except ValueError as exc:
+        raise ValueError(f"--num-eval {num_eval} does not fit --model {testbed.name}: {exc}") from exc
 
-    m = Scorer("digits", model.cpu(), num_eval, seed)(samples)
+
+def quality_line(testbed, scorer, samples: torch.Tensor, progress) -> str:
+    """`` | <main metric title> (N=n): value (floor: <floor label> value); other metrics`` of ``samples (n,
+    *event_shape)`` scored by the testbed's scorer, as the evaluation tables score them."""
+    scores = scorer(samples)
     progress.update()
-    return (f" | vs the real digits in classifier features (N={num_eval}): Frechet distance "
-            f"{m['fd_features']:.3f}, precision {m['precision']:.3f}, recall {m['recall']:.3f}")
-
-
-def _score_exact(model, samples, num_eval, seed, progress):
-    from .metrics import frechet_distance
-
-    ref_gen = torch.Generator().manual_seed(seed + 1)
-    exact = model.cpu().sample(num_eval, generator=ref_gen)
-    exact2 = model.sample(num_eval, generator=ref_gen)
+    floor = scorer.floor()
     progress.update()
-    pool = max(1, model.event_shape[-1] // 8)
-    coarse = [torch.nn.functional.avg_pool2d(t.float(), pool) for t in (samples, exact, exact2)]
-    fds = []
-    for a, b in ((samples, exact), (exact2, exact), (coarse[0], coarse[1]), (coarse[2], coarse[1])):
-        fds.append(frechet_distance(a, b))
-        progress.update()
-    return (f" | Frechet distance to exact samples (pixel space, N={num_eval}): full res {fds[0]:.3f} "
-            f"(exact-vs-exact floor {fds[1]:.3f}), pooled to {samples.shape[-2] // pool}x{samples.shape[-1] // pool} "
-            f"{fds[2]:.4f} (floor {fds[3]:.4f})")
+    main = testbed.main_metric
+    others = ", ".join(f"{name} {scores[name]:.4g} (floor {floor[name]:.4g})" for name in testbed.metrics
+                       if name != main)
+    return (f" | {testbed.metrics[main][0]} (N={samples.shape[0]}): {main} {scores[main]:.4g} "
+            f"(floor, {testbed.floor_label}: {floor[main]:.4g}); {others}")
 
 
 def cmd_sample(args) -> int:
     from .imageio import save_grid
-    from .models import get_model
+    from .testbeds import get_testbed
 
     opts = check_sample_args(args)
     device = torch.device(args.device)
-    model = get_model(args.model).to(device)
+    testbed = get_testbed(args.model)
+    model = testbed.load()
+    scorer = None
+    if args.num_eval >= min_eval_samples(testbed):  # scoring runs on the CPU, as in the evaluation
+        scorer = make_scorer(testbed, model if device.type == "cpu" else testbed.load(), args.num_eval, args.seed)
+    model = model.to(device)
     sigmas = get_sigmas(args.schedule, args.steps, args.sigma_min, args.sigma_max)
     for message in warnings_for(args, sigmas):
         print(f"covkernels: warning: {message}", file=sys.stderr, flush=True)
@@ -123,12 +135,9 @@ def cmd_sample(args) -> int:
     nfe = nfe_per_sample(args.sampler, sigmas, **{k: v for k, v in opts.items() if takes_all or k in nfe_params})
     line = (f"{args.sampler} on {args.model}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
             f"{elapsed:.2f} s")
-    digits = args.model == "digits"
-    if args.num_eval >= (4 if digits else 2):
-        stages = 1 if digits else 5
-        with Progress(stages, desc="scoring", unit="stages", disable=True if args.quiet else None) as progress:
-            score = _score_digits if digits else _score_exact
-            line += score(model, samples[:args.num_eval], args.num_eval, args.seed, progress)
+    if scorer is not None:
+        with Progress(2, desc="scoring", unit="stages", disable=True if args.quiet else None) as progress:
+            line += quality_line(testbed, scorer, samples[:args.num_eval], progress)
     print(line)
     print(f"wrote {args.out}")
     return 0

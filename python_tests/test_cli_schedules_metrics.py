@@ -40,9 +40,9 @@ def test_cli_sample_writes_grid_and_quality_line(tmp_path, capsys):
                  "--num-eval", "64", "--out", str(out), "--quiet", "--scale", "1", "--cov-sigma-max", "inf"]) == 0
     text = capsys.readouterr().out
     assert "cov_ddim on gmm: 3 steps, 5 NFE/sample" in text
-    assert "Frechet distance to exact samples (pixel space, N=64)" in text
+    assert "Frechet distance to exact samples, 4x4 average-pooled pixels (N=64): fd_pooled " in text
     img = read_png(out)
-    assert img.shape == (2 * 34 + 2, 2 * 34 + 2, 3)
+    assert img.shape == (2 * 18 + 2, 2 * 18 + 2, 3)  # the gmm testbed's 16 x 16 images, 2 px padding
     assert img.float().std() > 10  # not a blank image
 
 
@@ -116,7 +116,7 @@ def test_cli_reports_bad_options_in_one_line(capsys):
         main(["sample", "--block", "5", "--num", "2", "--num-eval", "0", "--quiet"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("covkernels: error: block=5 does not tile x of spatial size 32x32: H and W must be "
+    assert err.strip() == ("covkernels: error: block=5 does not tile x of spatial size 16x16: H and W must be "
                            "multiples of the block (pad or crop the image, or choose another block)")
     with pytest.raises(SystemExit):
         main(["sample", "--device", "banana"])
