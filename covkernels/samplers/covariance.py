@@ -19,13 +19,16 @@ from .registry import register
                     "cov_ddim/convdct": {"basis": "convdct"}})
 @torch.no_grad()
 def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
-                    block=8, c_max=1.0, channel_average=True, cov_sigma_max=COV_SIGMA_MAX, guidance=None,
-                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
-    """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step.
+                    block=8, stride=None, c_max=1.0, channel_average=True, cov_sigma_max=COV_SIGMA_MAX,
+                    guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
+    """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step;
+    ``stride`` (convdct only, dividing ``block``; None = ``block``): tiles every ``stride`` pixels, the
+    overlapping ConvDCT frame (``steps.overlap_step``).
     2 NFE per step with ``sigma <= cov_sigma_max``, 1 on the others and on the last (see COV_SIGMA_MAX)."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     step_lib.check_basis(basis, block, x)
+    stride = step_lib.check_stride_option(stride, basis, block, x)
     if not isinstance(channel_average, bool):
         raise TypeError(f"channel_average must be a bool, got {channel_average!r}")
     if channel_average and x.dim() != 4:
@@ -35,8 +38,8 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
     cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
     ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
     return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
-        c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max),
-        eta, cov_sigma_max)
+        c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max,
+        stride=stride), eta, cov_sigma_max)
 
 
 @register("diag_hutchinson", family="covariance", needs_jvp=True, stochastic=True, windowed=True,

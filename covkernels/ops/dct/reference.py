@@ -120,3 +120,49 @@ def synthesis(c: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
     if basis == "convdct":
         return block_idct2(c, block)
     raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+
+
+# The overlapping ConvDCT ("convdct" with stride < block) is a frame, not a basis: the block DCT of every one
+# of the r^2 shifts (dy, dx) in {0, stride, ..., block - stride}^2, r = block / stride, stacked. Each shift
+# is orthonormal, so the stack A has A^T A = r^2 I; dividing by r makes it Parseval (A_p^T A_p = I), and
+# then noise synthesised with unit coefficient variance has exactly identity covariance. Shifts are
+# circular (torch.roll), so every pixel is covered by r^2 tiles also at the border. Composed from the
+# blockwise transform: a backend passes its own fused one, so no new kernel is needed.
+
+
+def check_stride(shape, block: int, stride: int) -> None:
+    """Raise a ValueError unless ``stride`` is a positive int dividing ``block`` and ``block`` tiles the
+    last two dims of ``shape``."""
+    check_block(shape, block)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or block % stride:
+        raise ValueError(f"stride must be a positive int dividing block={block}, got {stride!r}")
+
+
+def frame_shifts(block: int, stride: int) -> list[tuple[int, int]]:
+    """The ``(block // stride)^2`` tile offsets ``(dy, dx)`` of the overlapping frame, row-major."""
+    offsets = range(0, block, stride)
+    return [(dy, dx) for dy in offsets for dx in offsets]
+
+
+def overlap_analysis(x: torch.Tensor, block: int, stride: int, transform=block_dct2) -> torch.Tensor:
+    """Parseval frame coefficients ``A_p x``: ``(..., H, W) -> (..., R, H, W)``, ``R = (block/stride)^2``,
+    shift ``j`` of :func:`frame_shifts` on dim -3 (each in the JPEG layout of :func:`block_dct2`).
+    ``transform(x, block)``: the blockwise DCT to use (a backend's fused one)."""
+    _check_image(x)
+    check_stride(x.shape, block, stride)
+    r = block // stride
+    return torch.stack([transform(torch.roll(x, (-dy, -dx), dims=(-2, -1)), block)
+                        for dy, dx in frame_shifts(block, stride)], dim=-3) / r
+
+
+def overlap_synthesis(c: torch.Tensor, block: int, stride: int, transform=block_idct2) -> torch.Tensor:
+    """``A_p^T c``, the adjoint of :func:`overlap_analysis` (its left inverse): ``(..., R, H, W) -> (..., H, W)``."""
+    _check_image(c, "c")
+    check_stride(c.shape, block, stride)
+    shifts = frame_shifts(block, stride)
+    if c.dim() < 3 or c.shape[-3] != len(shifts):
+        raise ValueError(f"c must have shape (..., {len(shifts)}, H, W) for block={block}, stride={stride}, "
+                         f"got {tuple(c.shape)}")
+    out = sum(torch.roll(transform(c[..., j, :, :], block), (dy, dx), dims=(-2, -1))
+              for j, (dy, dx) in enumerate(shifts))
+    return out / (block // stride)
