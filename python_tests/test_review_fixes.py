@@ -53,3 +53,30 @@ def test_sample_refuses_a_num_eval_the_testbed_cannot_score(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--num-eval 3000 does not fit --model patches" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()  # refused before sampling
+
+
+def _gaussian():
+    from covkernels.models import get_model
+
+    return get_model("gaussian", size=8)
+
+
+@pytest.mark.parametrize("given", [{"steps": 4}, {"sigma_min": 0.002}, {"sigma_max": 80.0}, {"schedule": "karras"},
+                                   {"rho": 7.0}, {"steps": 3, "rho": 5.0}])
+def test_sample_refuses_sigmas_with_the_schedule_parameters_it_would_ignore(given):
+    sigmas = covkernels.get_sigmas("karras", 3, 0.1, 10.0)
+    with pytest.raises(ValueError, match="sigmas is an explicit schedule: " + ", ".join(given) + " would be ignored"):
+        covkernels.sample(_gaussian(), (2, 3, 8, 8), "ddim", sigmas=sigmas, generator=torch.Generator().manual_seed(0),
+                          disable=True, **given)
+
+
+def test_sample_defaults_and_explicit_sigmas_agree():
+    model, gen = _gaussian(), lambda: torch.Generator().manual_seed(3)
+    by_default = covkernels.sample(model, (2, 3, 8, 8), "ddim", generator=gen(), disable=True)
+    explicit = covkernels.sample(model, (2, 3, 8, 8), "ddim", sigmas=covkernels.get_sigmas("karras", 8, 0.002, 80.0),
+                                 generator=gen(), disable=True)
+    spelled_out = covkernels.sample(model, (2, 3, 8, 8), "ddim", steps=8, sigma_min=0.002, sigma_max=80.0,
+                                    schedule="karras", rho=7.0, generator=gen(), disable=True)
+    assert torch.equal(by_default, explicit) and torch.equal(by_default, spelled_out)
+    other = covkernels.sample(model, (2, 3, 8, 8), "ddim", steps=4, generator=gen(), disable=True)
+    assert not torch.allclose(other, by_default)  # steps is used when no sigmas are given

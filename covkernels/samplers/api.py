@@ -11,21 +11,33 @@ from .common import check_inputs
 from .registry import get_sampler
 
 
-def sample(model, shape, sampler: str = "cov_ddim", steps: int = 8, sigma_min: float = 0.002,
-           sigma_max: float = 80.0, schedule: str = "karras", rho: float = 7.0, generator=None, device=None,
-           dtype: torch.dtype = torch.float32, extra_args=None, callback=None, disable=None, sample_offset: int = 0,
-           sigmas=None, **options) -> torch.Tensor:
+# The schedule parameters of ``sample`` and their values when the caller leaves them unset (None).
+SCHEDULE_DEFAULTS = {"steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "schedule": "karras", "rho": 7.0}
+
+
+def sample(model, shape, sampler: str = "cov_ddim", steps: int | None = None, sigma_min: float | None = None,
+           sigma_max: float | None = None, schedule: str | None = None, rho: float | None = None, generator=None,
+           device=None, dtype: torch.dtype = torch.float32, extra_args=None, callback=None, disable=None,
+           sample_offset: int = 0, sigmas=None, **options) -> torch.Tensor:
     """One-line sampling: noise of ``shape = (B, ...)`` at ``sigma_max`` -> ``steps`` steps of ``sampler``.
 
     The initial noise comes from the same counter-based stream as all other noise, so sample ``b`` is the
-    same whatever the batch size (pass ``sample_offset`` when sharding). ``sigmas``: an explicit schedule
-    (then ``steps``, ``sigma_min``, ``sigma_max``, ``schedule``, ``rho`` are not used). ``options`` go to
-    the sampler.
+    same whatever the batch size (pass ``sample_offset`` when sharding). The schedule is either built from
+    ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho`` (unset: :data:`SCHEDULE_DEFAULTS`, karras
+    with 8 steps from 80 to 0.002, rho 7) or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with
+    any of the others raises ValueError, since they would be ignored. ``options`` go to the sampler.
     """
     fn = get_sampler(sampler)
+    given = {"steps": steps, "sigma_min": sigma_min, "sigma_max": sigma_max, "schedule": schedule, "rho": rho}
     if sigmas is None:
-        sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, rho, device=device)
+        args = {k: SCHEDULE_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        sigmas = get_sigmas(args["schedule"], args["steps"], args["sigma_min"], args["sigma_max"], args["rho"],
+                            device=device)
     else:
+        clash = [k for k, v in given.items() if v is not None]
+        if clash:
+            raise ValueError(f"sigmas is an explicit schedule: {', '.join(clash)} would be ignored; pass either "
+                             f"sigmas or {', '.join(clash)}, not both")
         sigmas = check_inputs(torch.zeros(1, 1, device=device), sigmas)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
