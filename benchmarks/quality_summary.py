@@ -1,35 +1,192 @@
-"""The README's headline quality table from the committed grids: per testbed and NFE budget, the main
-metric of every sampler as ``mean ± 95% half-width`` and its paired difference to the best mean-only
-baseline of that column (``win`` / ``loss`` where the paired interval excludes 0).
+"""The README's quality tables from the committed grids, per testbed and NFE budget.
+
+Default (full) mode: the main metric of every sampler as ``mean ± 95% half-width`` and its paired difference
+to the best mean-only baseline of that column (**bold** = win, ``(-)`` = loss where the paired interval
+excludes 0, *italics* = that baseline). Compact mode (``--rows best-baseline,<labels>``): one line per
+testbed x NFE with the best baseline (name, mean ± half-width) and for each selected row its mean ±
+half-width, the paired difference to that baseline with its 95% interval, the verdict (win / loss / tie) and
+the difference relative to the baseline's mean.
 
     python benchmarks/quality_summary.py benchmarks/results/quality_{gmm,gaussian,digits_ideal,digits}.json
+    python benchmarks/quality_summary.py benchmarks/results/best/quality_*.json --table best \
+        --rows best-baseline,ode_cov/dct,ode_cov/ipndm-dct
+
+Several files of one testbed are merged (e.g. the baselines of one run and the covariance rows of a later
+one): cells are keyed by (table, sampler, nfe_budget), and the files must share N, the seeds, the JVP
+strategy, the covariance options, the schedule settings of the table and the reference floor, or the paired
+comparisons would not compare like with like. The best baseline and every paired difference are recomputed
+on the merged cells. This module is also the grid reader of ``quality_vs_nfe.py``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
+from pathlib import Path
+
+from covkernels.intervals import half_width, paired
+
+TITLES = {"default": "common default schedule", "best": "each sampler at its best schedule"}
+BEST_BASELINE = "best-baseline"
+SHARED_KEYS = ("num_samples", "seeds", "jvp", "options", "sigma_max", "rho")
+TABLE_KEYS = {"default": ("schedule", "sigma_min"), "best": ("tuning",)}  # what makes a table's cells comparable
+
+
+def is_baseline(label: str) -> bool:
+    """A mean-only row (:func:`covkernels.grid.is_baseline`); a label the grid no longer lists is judged by its
+    sampler (the part before ``/``)."""
+    from covkernels.grid import VARIANTS, is_baseline as grid_is_baseline, uses_covariance
+
+    if label in VARIANTS:
+        return grid_is_baseline(label)
+    try:
+        return not uses_covariance(label.split("/")[0])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"grid row {label!r} names no sampler of the registry") from exc
+
+
+def metric_spec(model: str) -> tuple[str, bool]:
+    """``(main metric, lower_is_better)`` of a testbed."""
+    from covkernels.testbeds import get_testbed
+
+    testbed = get_testbed(model)
+    return testbed.main_metric, testbed.metrics[testbed.main_metric][1]
+
+
+def _same_cell(a: dict, b: dict) -> bool:
+    """Two records of one run: same schedule and per-seed values (to rounding; a NaN or null matches itself)."""
+    def close(x, y):
+        return x == y or (None not in (x, y) and (math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+                                                  or math.isnan(x) and math.isnan(y)))
+
+    keys = {k for k in a if k.endswith("_per_seed")} | {k for k in b if k.endswith("_per_seed")}
+    if any(a.get(k) != b.get(k) for k in ("schedule", "sigma_min", "steps", "seeds")):
+        return False
+    return all(k in a and k in b and len(a[k]) == len(b[k]) and all(map(close, a[k], b[k])) for k in keys)
+
+
+def merge_grids(grids: list[tuple[str, dict]], table: str) -> dict[str, dict]:
+    """``{model: state}`` of the ``(path, state)`` grids, each state holding only the cells of ``table``, with
+    ``vs_baseline`` recomputed on the merged cells. Raises ValueError on files of one model that disagree in
+    N, seeds or the table's settings and on two different cells under one key (an identical repeat is kept
+    once); files without a cell of ``table`` are left out (with a note), none left is an error."""
+    from covkernels.intervals import annotate_paired
+    from covkernels.testbeds import get_testbed
+
+    if table not in TABLE_KEYS:
+        raise ValueError(f"table must be one of {tuple(TABLE_KEYS)}, got {table!r}")
+    merged: dict[str, dict] = {}
+    origin: dict[tuple, str] = {}  # (model, sampler, nfe) or (model,) -> the file it came from
+    for path, state in grids:
+        if not isinstance(state, dict) or "config" not in state or "cells" not in state:
+            raise ValueError(f"{path}: not a grid of covkernels eval (needs 'config' and 'cells')")
+        if not any(c.get("table", "default") == table for c in state["cells"]):
+            print(f"note: {path} has no cell of the {table!r} table; left out", file=sys.stderr)
+            continue
+        cfg = state["config"]
+        model = cfg["model"]
+        if model not in merged:
+            merged[model] = {"config": {**cfg, "tables": [table]}, "floor": state.get("floor"), "cells": []}
+            origin[(model,)] = path
+        else:
+            ref, where = merged[model], origin[(model,)]
+            for key in SHARED_KEYS + TABLE_KEYS[table]:
+                if ref["config"].get(key) != cfg.get(key):
+                    raise ValueError(f"{path} and {where} ({model}) differ in {key!r}: "
+                                     f"{cfg.get(key)!r} vs {ref['config'].get(key)!r}; cannot merge")
+            metric, _ = metric_spec(model)
+            f_ref, f_new = (ref["floor"] or {}).get(metric), (state.get("floor") or {}).get(metric)
+            if None not in (f_ref, f_new) and not math.isclose(f_ref, f_new, rel_tol=1e-6):
+                raise ValueError(f"{path} and {where} ({model}) have different {metric} floors "
+                                 f"({f_new:.6g} vs {f_ref:.6g}): a different scorer or reference; cannot merge")
+        cells = {(c["sampler"], c["nfe_budget"]): c for c in merged[model]["cells"]}
+        for cell in state["cells"]:
+            if cell.get("table", "default") != table:
+                continue
+            cell = dict(cell)  # the merged state gets its own vs_baseline; the caller's grids stay as they were
+            if cell.setdefault("seeds", cfg["seeds"]) != cfg["seeds"]:
+                raise ValueError(f"{path}: cell {cell['sampler']} at {cell['nfe_budget']} NFE ran seeds "
+                                 f"{cell['seeds']}, not the grid's {cfg['seeds']}")
+            key = (cell["sampler"], cell["nfe_budget"])
+            if key in cells and not _same_cell(cells[key], cell):
+                raise ValueError(f"conflicting duplicate: {model} {table}-table cell {key[0]} at {key[1]} NFE "
+                                 f"differs between {origin[(model, *key)]} and {path}")
+            if key not in cells:
+                cells[key], origin[(model, *key)] = cell, path
+        merged[model]["cells"] = list(cells.values())
+    if not merged:
+        raise ValueError(f"none of {[p for p, _ in grids]} has a cell of the {table!r} table (see --table)")
+    for model, state in merged.items():
+        annotate_paired(state, get_testbed(model).metrics, is_baseline)
+    return merged
+
+
+def envelope(state: dict) -> dict[int, dict]:
+    """``{nfe_budget: cell}``: the baseline with the best mean of the main metric at each budget."""
+    metric, lower = metric_spec(state["config"]["model"])
+    best: dict[int, dict] = {}
+    for cell in state["cells"]:
+        if not is_baseline(cell["sampler"]) or not math.isfinite(cell.get(metric, math.nan)):
+            continue
+        held = best.get(cell["nfe_budget"])
+        if held is None or (cell[metric] < held[metric] if lower else cell[metric] > held[metric]):
+            best[cell["nfe_budget"]] = cell
+    return best
+
+
+def versus(cell: dict, base: dict, metric: str, lower: bool) -> dict:
+    """The paired comparison of ``cell - base`` over their shared seeds (:func:`covkernels.intervals.paired`)."""
+    if cell.get("seeds") != base.get("seeds"):
+        raise ValueError(f"{cell['sampler']} and {base['sampler']} ran different seeds: not a paired comparison")
+    return paired(cell[f"{metric}_per_seed"], base[f"{metric}_per_seed"], lower)
+
+
+def select_rows(states: dict[str, dict], rows: list[str] | None) -> list[str]:
+    """The rows to show: ``rows`` as given (``best-baseline`` for the envelope), else the envelope plus every
+    covariance row of any grid. Unknown labels raise ValueError."""
+    present = list(dict.fromkeys(c["sampler"] for s in states.values() for c in s["cells"]))
+    if rows is None:
+        return [BEST_BASELINE] + [r for r in present if not is_baseline(r)]
+    unknown = [r for r in rows if r != BEST_BASELINE and r not in present]
+    if unknown:
+        raise ValueError(f"samplers: {unknown} are in none of the grids; they hold {present}")
+    return list(dict.fromkeys(rows))
+
+
+def load(paths: list[str], table: str) -> dict[str, dict]:
+    """:func:`merge_grids` of the JSON files ``paths``."""
+    return merge_grids([(path, json.loads(Path(path).read_text())) for path in paths], table)
 
 
 def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def summary(paths: list[str], table: str = "default") -> str:
-    grids = [json.load(open(p)) for p in paths]
-    from covkernels.testbeds import get_testbed
+def value_text(cell: dict, metric: str) -> str:
+    """``mean ± half-width`` of the cell's 95% interval."""
+    return f"{_fmt(cell[metric])} ± {_fmt(half_width(cell[f'{metric}_ci95']))}"
 
+
+def verdict_text(vs: dict) -> str:
+    """A paired comparison as ``diff [lo, hi] verdict, relative%``, e.g. ``-0.0871 [-0.12, -0.054] win, -65%``."""
+    lo, hi = vs["diff_ci95"]
+    return f"{vs['diff']:+.3g} [{_fmt(lo)}, {_fmt(hi)}] {vs['verdict']}, {100 * vs['relative']:+.3g}%"
+
+
+def summary(paths: list[str], table: str = "default") -> str:
+    """The full table: every sampler (rows) x testbed and NFE budget (columns) of ``table``."""
+    states = load(paths, table)
     columns, rows = [], {}
-    for g in grids:
-        model = g["config"]["model"]
-        metric = get_testbed(model).main_metric
-        for c in g["cells"]:
-            if c.get("table", "default") != table or metric not in c:
+    for model, state in states.items():
+        metric, _ = metric_spec(model)
+        for c in state["cells"]:
+            if metric not in c:
                 continue
             col = (model, metric, c["nfe_budget"])
             if col not in columns:
                 columns.append(col)
-            lo, hi = c[f"{metric}_ci95"]
-            cell = f"{_fmt(c[metric])} ± {_fmt((hi - lo) / 2)}"
+            cell = value_text(c, metric)
             vs = c.get("vs_baseline", {}).get(metric)
             if vs is None or vs["baseline"] == c["sampler"]:
                 cell = f"*{cell}*" if vs is None or vs.get("diff") == 0 else cell
@@ -43,20 +200,57 @@ def summary(paths: list[str], table: str = "default") -> str:
     for label, r in rows.items():
         lines.append(f"| `{label}` | " + " | ".join(r.get(col, "") for col in columns) + " |")
     floors = []
-    for col in columns:
-        g = next(g for g in grids if g["config"]["model"] == col[0])
-        f = g.get("floor") or {}
-        floors.append(_fmt(f[col[1]]) if col[1] in f else "")
+    for model, metric, _ in columns:
+        f = states[model].get("floor") or {}
+        floors.append(_fmt(f[metric]) if metric in f else "")
     lines.append("| *floor (exact or real vs itself)* | " + " | ".join(floors) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def compact(paths: list[str], table: str, rows: list[str]) -> str:
+    """Per testbed x NFE budget of ``table``: the best baseline and each of ``rows`` against it (the
+    ``best-baseline`` token is accepted and implied: the baseline column is always shown)."""
+    states = load(paths, table)
+    labels = [r for r in select_rows(states, rows) if r != BEST_BASELINE]
+    lines = ["| testbed (metric; N, S) | NFE | best baseline | " + " | ".join(f"`{r}`: value; − baseline [95% CI]"
+                                                                          for r in labels) + " |",
+             "|---|---:|---|" + "---|" * len(labels)]
+    for model, state in states.items():
+        metric, lower = metric_spec(model)
+        cfg = state["config"]
+        where = f"`{model}` ({metric}; N {cfg['num_samples']}, S {len(cfg['seeds'])})"
+        cells = {(c["sampler"], c["nfe_budget"]): c for c in state["cells"] if metric in c}
+        for nfe, base in sorted(envelope(state).items()):
+            parts = [where, str(nfe), f"`{base['sampler']}` {value_text(base, metric)}"]
+            for label in labels:
+                cell = cells.get((label, nfe))
+                if cell is None:
+                    parts.append("n/a")
+                elif cell is base:
+                    parts.append(f"{value_text(cell, metric)}; is the best baseline")
+                else:
+                    parts.append(f"{value_text(cell, metric)}; {verdict_text(versus(cell, base, metric, lower))}")
+            lines.append("| " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("grids", nargs="+", help="quality_<model>.json files written by covkernels eval")
-    p.add_argument("--table", default="default", choices=["default", "best"])
-    args = p.parse_args()
-    print(summary(args.grids, args.table))
+    p.add_argument("--table", default="default", choices=["default", "best", "both"])
+    p.add_argument("--rows", default=None,
+                   help=f"compact mode: comma-separated rows, e.g. '{BEST_BASELINE},ode_cov/dct' (default: the "
+                        "full table of every sampler)")
+    args = p.parse_args(argv)
+    rows = None if args.rows is None else [r for r in args.rows.split(",") if r]
+    if rows is not None and not rows:
+        p.error("--rows needs at least one label")
+    tables = ["default", "best"] if args.table == "both" else [args.table]
+    blocks = []
+    for table in tables:
+        text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows)
+        blocks.append(f"### {TITLES[table]}\n\n{text}" if len(tables) > 1 else text)
+    print("\n\n".join(blocks))
 
 
 if __name__ == "__main__":
