@@ -10,6 +10,8 @@ from ._version import __version__  # noqa: E402,F401
 from .samplers import (  # noqa: E402
     SAMPLERS,
     calibrate_addim_variance,
+    calibrate_spectrum,
+    PosteriorSpectrum,
     get_sampler,
     nfe_per_sample,
     sample,
@@ -35,7 +37,8 @@ def info(file=None) -> None:
     print_info(file=file)
 
 __all__ = [
-    "SAMPLERS", "get_sampler", "sample", "nfe_per_sample", "calibrate_addim_variance", "alphas_cumprod_to_sigmas",
+    "SAMPLERS", "get_sampler", "sample", "nfe_per_sample", "calibrate_addim_variance", "calibrate_spectrum",
+    "PosteriorSpectrum", "alphas_cumprod_to_sigmas",
     "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError",
     "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info", "__version__",
 ] + [f"sample_{name}" for name in SAMPLERS]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import weakref
 
 import torch
 
@@ -80,6 +81,23 @@ def schedule_for(label: str, nfe: int, schedule: dict, options: dict | None = No
     return best
 
 
+# A grid option value: "calibrate the model's posterior spectrum once" (covkernels.calibrate_spectrum, DCT,
+# defaults), with its own seed, outside the counted evaluations: a one-time per-model cost like training.
+CALIBRATE = "calibrate"
+CALIBRATION_SEED = 2_000_000  # not a reported seed nor the tuning seed
+_SPECTRA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def calibrated_spectrum(model, device):
+    """The DCT :class:`~covkernels.PosteriorSpectrum` of ``model``, calibrated once per model object."""
+    from .samplers.calibrated import calibrate_spectrum
+
+    if model not in _SPECTRA:
+        gen = torch.Generator(device=device).manual_seed(CALIBRATION_SEED)
+        _SPECTRA[model] = calibrate_spectrum(model, model.event_shape, generator=gen, device=device)
+    return _SPECTRA[model]
+
+
 class CountingModel(torch.nn.Module):
     """Wraps a denoiser and counts the rows it evaluates; a forward-AD (dual) input counts twice."""
 
@@ -144,6 +162,8 @@ def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int,
     sampler, opts = variant_options(label, options)
     if uses_covariance(sampler):
         opts = {"jvp": jvp, **opts}
+    if opts.get("spectrum") == CALIBRATE:
+        opts["spectrum"] = calibrated_spectrum(model, device)
     counted = CountingModel(model)
     lo, hi = num * rank // world, num * (rank + 1) // world
     chunks, start = [], time.perf_counter()

@@ -17,10 +17,11 @@ from .. import steps as step_lib
 from ..guidance import cfg_denoiser
 from ..schedules import karras_sigmas
 from .common import check_inputs, check_number, context, float_sigmas
+from .calibrated import calibrated_step, check_spectrum
 from .gaussianity import AUTO_TOLERANCE, auto_switch_draw
 from .registry import REGISTRY, register
 
-COVARIANCES = ("identity", "dct", "convdct", "lanczos")
+COVARIANCES = ("identity", "dct", "convdct", "lanczos", "calibrated")
 
 
 SWITCH_MODES = ("end", "auto")
@@ -51,6 +52,8 @@ def _nfe(sigmas, opts: dict) -> int:
 
     lanczos = opts["covariance"] == "lanczos"
     cov_cost = 1 + ((opts["lanczos_steps"] or 3) if lanczos else (opts["probes"] or 1))
+    if opts["covariance"] == "calibrated":
+        cov_cost = 1  # the draw uses the stored spectrum: no JVP
     ode_options = opts["ode_options"] or {}
     if isinstance(sigmas, int):  # n steps: at most n - 1 of them are ODE steps, then the covariance part
         ode = [math.inf] * sigmas
@@ -72,12 +75,15 @@ def _nfe(sigmas, opts: dict) -> int:
                     "ode_cov/end-dct": {"covariance": "dct", "switch_sigma": "end"},
                     "ode_cov/end-ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": "end"},
                     "ode_cov/auto-dct": {"covariance": "dct", "switch_sigma": "auto"},
-                    "ode_cov/auto-ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": "auto"}})
+                    "ode_cov/auto-ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": "auto"},
+                    "ode_cov/end-cal": {"covariance": "calibrated", "switch_sigma": "end", "spectrum": "calibrate"},
+                    "ode_cov/end-ipndm-cal": {"ode": "ipndm", "covariance": "calibrated", "switch_sigma": "end",
+                                              "spectrum": "calibrate"}})
 @torch.no_grad()
 def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ode="dpmpp_2m",
                    ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=None, eta=None,
                    probes=None, lanczos_steps=None, block=None, c_max=1.0, channel_average=None, auto_tolerance=None,
-                   stride=None, guidance=None,
+                   spectrum=None, stride=None, guidance=None,
                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
     """``ode`` (any mean-only registered sampler, with ``ode_options``) on the schedule's entries down to the
     first one ``<= switch_sigma``, then ``cov_steps`` covariance steps from there to 0 (see
@@ -89,7 +95,16 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     ``steps.overlap_step``) to convdct, ``lanczos_steps`` (3) to Lanczos: an option given where it does not
     apply raises. With ``guidance`` the ODE part runs on the guided denoiser and the covariance part takes
     the conditional JVP (as ``cov_ddim``). NFE: the ODE part's count plus ``(1 + probes)`` (or
-    ``1 + lanczos_steps``) per covariance step."""
+    ``1 + lanczos_steps``) per covariance step.
+
+    ``switch_sigma``: a number, ``"end"`` (the ODE runs the whole schedule; the draw replaces its last step,
+    so the schedule's smallest sigma is the switch: tune it like sigma_min) or ``"auto"`` (as ``"end"``, then
+    per sample the draw is taken from the earliest trajectory point whose Gaussian prediction misses by at
+    most ``auto_tolerance`` (default :data:`~covkernels.samplers.gaussianity.AUTO_TOLERANCE`), with the
+    spectrum transferred there; same NFE as ``"end"``; see :mod:`covkernels.samplers.gaussianity`).
+    ``covariance="calibrated"`` takes a :class:`~covkernels.PosteriorSpectrum` ``spectrum``
+    (:func:`~covkernels.calibrate_spectrum`) instead of JVPs: each covariance step then costs 1 evaluation, so
+    with ``switch_sigma="end"`` the sampler costs exactly what ``ode`` alone costs on the same schedule."""
     sigmas = check_inputs(x, sigmas)
     if ode not in REGISTRY or REGISTRY[ode].needs_jvp:
         raise ValueError(f"ode must be a mean-only sampler of the registry, one of "
@@ -101,15 +116,17 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     if switch_sigma not in SWITCH_MODES:
         switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
     cov_steps = step_lib.check_count(cov_steps, "cov_steps", 64)
-    lanczos, auto = covariance == "lanczos", switch_sigma == "auto"
-    if auto and (lanczos or cov_steps != 1):
+    lanczos, auto, calibrated = covariance == "lanczos", switch_sigma == "auto", covariance == "calibrated"
+    if auto and (lanczos or calibrated or cov_steps != 1):
         raise ValueError(f"switch_sigma='auto' needs a diagonal covariance (identity/dct/convdct) and cov_steps=1, "
                          f"got covariance={covariance!r}, cov_steps={cov_steps}")
     given = {"cov_sigma_min": cov_sigma_min, "eta": eta, "probes": probes, "lanczos_steps": lanczos_steps,
-             "block": block, "channel_average": channel_average, "auto_tolerance": auto_tolerance, "stride": stride}
-    applies = {"cov_sigma_min": cov_steps > 1, "eta": cov_steps > 1, "probes": not lanczos,
-               "lanczos_steps": lanczos, "block": covariance == "convdct", "channel_average": not lanczos,
-               "auto_tolerance": auto, "stride": covariance == "convdct" and not auto}
+             "block": block, "channel_average": channel_average, "auto_tolerance": auto_tolerance, "stride": stride,
+             "spectrum": spectrum}
+    applies = {"cov_sigma_min": cov_steps > 1, "eta": cov_steps > 1, "probes": not (lanczos or calibrated),
+               "lanczos_steps": lanczos, "block": covariance == "convdct",
+               "channel_average": not (lanczos or calibrated), "auto_tolerance": auto, "spectrum": calibrated,
+               "stride": covariance == "convdct" and not auto}
     wrong = [k for k, v in given.items() if v is not None and not applies[k]]
     if wrong:
         raise ValueError(f"ode_cov: option(s) {wrong} do not apply with covariance={covariance!r}, "
@@ -126,7 +143,9 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     if not isinstance(channel_average, bool):
         raise TypeError(f"channel_average must be a bool, got {channel_average!r}")
     c_max = step_lib.check_c_max(c_max, allow_none=True)
-    if not lanczos:
+    if calibrated:
+        check_spectrum(spectrum, x)
+    elif not lanczos:
         step_lib.check_basis(covariance, block, x)
         stride = step_lib.check_stride_option(stride, covariance, block, x)
         if channel_average and x.dim() != 4:
@@ -157,7 +176,9 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
                                 tolerance=auto_tolerance, callback=callback, sigma_dtype=sigmas.dtype)
     for j, (st, ss) in enumerate(zip(cov_sigmas[:-1], cov_sigmas[1:])):
         i = offset + j
-        if covariance == "lanczos":
+        if calibrated:
+            x_next, denoised = calibrated_step(ctx, x, i, st, ss, eta=eta, spectrum=spectrum)
+        elif covariance == "lanczos":
             x_next, denoised = step_lib.lanczos_step(ctx, x, i, st, ss, eta=eta, lanczos_steps=k,
                                                      reorthogonalize=True, c_max=c_max)
         else:
