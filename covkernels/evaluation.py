@@ -24,7 +24,8 @@ import os
 import torch
 
 from .grid import (NFES, TUNE_SCHEDULES, TUNE_SIGMA_MINS, VARIANTS, CountingModel,  # noqa: F401
-                   broadcast_from_rank0, finish_distributed, generate, is_baseline, schedule_for, variant_options)
+                   broadcast_from_rank0, finish_distributed, generate, is_baseline, schedule_for, uses_covariance,
+                   variant_options)
 from .intervals import annotate_paired, summarize_seeds
 from .testbeds import get_testbed, testbed_names
 
@@ -83,6 +84,19 @@ def _check(samplers, nfes, num_samples, seeds, batch_size, jvp, tables, tune_sch
             raise ValueError(f"tune_sigma_mins must lie in (0, sigma_max={sigma_max}), got {value!r}")
 
 
+def _check_options(samplers, options) -> None:
+    """Refuse ``options`` keys that no selected covariance sampler takes: they would change no cell. A key
+    that some rows take goes to those rows only (and a row's own options win over it)."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
+    taken = set().union(*(variant_options(label, options)[1] for label in samplers
+                          if uses_covariance(VARIANTS[label][0])))
+    unused = sorted(set(options or {}) - taken)
+    if unused:
+        raise ValueError(f"options {unused} are taken by no selected covariance sampler of {samplers} (an option "
+                         f"goes to the covariance samplers whose function has that keyword)")
+
+
 def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 1024, *, seed: int = 0,
              seeds: int = 5, batch_size: int = 256, schedule: str = "karras", sigma_min: float = 0.1,
              sigma_max: float = 80.0, rho: float = 7.0, tables=TABLES, tune_schedules=None,
@@ -94,9 +108,10 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     ``samplers``: labels of :data:`VARIANTS` (default: all); ``nfes``: budgets (default :data:`NFES`);
     ``seeds``: S, the number of reported seeds (from ``seed`` on); ``tables``: ``"default"`` and/or
     ``"best"``; ``tune_schedules`` (default: those of :data:`TUNE_SCHEDULES` that exist) x ``tune_sigma_mins``:
-    the schedule grid of the ``best`` table; ``options``: extra options for every covariance sampler (e.g.
-    ``{"cov_sigma_max": inf}``); ``resume``: reuse the finished cells of an existing results file with the
-    same configuration; ``progress``: a callable for messages (None: silent, no progress display);
+    the schedule grid of the ``best`` table; ``options``: extra options for the covariance samplers (e.g.
+    ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that take it (a row's own options
+    win) and refused (ValueError) if none does; ``resume``: reuse the finished cells of an existing results
+    file with the same configuration; ``progress``: a callable for messages (None: silent, no progress display);
     ``command``: the command line quoted in the Markdown report.
     """
     from ._version import __version__
@@ -112,6 +127,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
         tune_schedules = [s for s in TUNE_SCHEDULES if s in SCHEDULES]
     tune_schedules, tune_sigma_mins = list(dict.fromkeys(tune_schedules)), list(dict.fromkeys(tune_sigma_mins))
     _check(samplers, nfes, num_samples, seeds, batch_size, jvp, tables, tune_schedules, tune_sigma_mins, sigma_max)
+    _check_options(samplers, options)
     default = {"schedule": schedule, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}
     candidates = [default] + [{**default, "schedule": s, "sigma_min": m} for s in tune_schedules
                               for m in tune_sigma_mins if (s, m) != (schedule, sigma_min)]

@@ -188,7 +188,7 @@ def test_cli_eval_refuses_one_seed_with_a_usage_error(tmp_path):
 def test_repeated_grid_entries_run_once_and_options_do_not_relabel():
     state = evaluate("gmm", samplers=["lanczos/k2", "lanczos/k2"], nfes=[12, 12], num_samples=8, progress=None,
                      seeds=2, tables=["default"],
-                     options={"lanczos_steps": 5, "basis": "dct", "cov_sigma_max": math.inf})
+                     options={"lanczos_steps": 5, "cov_sigma_max": math.inf})
     assert len(state["cells"]) == 1
     assert state["cells"][0]["nfe"] == ck.sampling.nfe_per_sample(
         "lanczos", ck.karras_sigmas(state["cells"][0]["steps"], 0.1, 80.0), lanczos_steps=2,
