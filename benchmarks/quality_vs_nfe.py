@@ -81,12 +81,13 @@ def draw(records: list[dict], states: dict[str, dict], path: str, return_figure:
         mine = [r for r in records if r["testbed"] == model]
         log = wants_log([r["mean"] for r in mine])
         others = [row for row in rows if row != BEST_BASELINE and any(r["row"] == row for r in mine)]
+        slots = others[:len(others) // 2] + [BEST_BASELINE] + others[len(others) // 2:]  # the baseline mid-group
         for i, row in enumerate(rows):
             pts = sorted((r for r in mine if r["row"] == row), key=lambda r: r["nfe_budget"])
             if not pts:
                 continue
             # overlapping bars at one budget hide each other: spread the rows by a few % of the budget
-            shift = 0.0 if row == BEST_BASELINE else 0.02 * (others.index(row) + 1 - (len(others) + 1) / 2)
+            shift = 0.02 * (slots.index(row) - (len(slots) - 1) / 2)
             x = [p["nfe_budget"] * (1 + shift) for p in pts]
             m = [p["mean"] for p in pts]
             # a lower end at or below 0 has no place on a log axis: there the whisker stops just above 0
@@ -96,7 +97,8 @@ def draw(records: list[dict], states: dict[str, dict], path: str, return_figure:
             if row == BEST_BASELINE:
                 ax.fill_between(x, [a - b for a, b in zip(m, lo)], [a + b for a, b in zip(m, hi)], color="black",
                                 alpha=0.12, lw=0)
-                handles["best baseline (band: 95% CI)"], = ax.plot(x, m, "k--", marker="s", ms=4, lw=1.4)
+                handles["best baseline (band: 95% CI)"] = ax.errorbar(x, m, yerr=[lo, hi], fmt="k--", marker="s",
+                                                                      ms=4, lw=1.4, capsize=3)
                 for xi, p in zip(x, pts):
                     ax.annotate(p["sampler"], (xi, p["mean"]), fontsize=6, xytext=(3, 4), textcoords="offset points")
             else:
@@ -125,7 +127,8 @@ def draw(records: list[dict], states: dict[str, dict], path: str, return_figure:
         ax.set_visible(False)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=7)
     fig.suptitle(f"quality vs NFE, {records[0]['table']} schedule table", fontsize=10)
-    fig.tight_layout(rect=(0, 0.02 + 0.022 * -(-len(handles) // 4), 1, 1))
+    legend_inches = 0.2 + 0.16 * -(-len(handles) // 4)  # room below the panels for the legend's lines
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     fig.savefig(path)
     if return_figure:
         return fig
