@@ -142,15 +142,15 @@ def versus(cell: dict, base: dict, metric: str, lower: bool) -> dict:
     return paired(cell[f"{metric}_per_seed"], base[f"{metric}_per_seed"], lower)
 
 
-def select_rows(states: dict[str, dict], rows: list[str] | None) -> list[str]:
+def select_rows(states: dict[str, dict], rows: list[str] | None, argument: str = "samplers") -> list[str]:
     """The rows to show: ``rows`` as given (``best-baseline`` for the envelope), else the envelope plus every
-    covariance row of any grid. Unknown labels raise ValueError."""
+    covariance row of any grid. Unknown labels raise ValueError naming ``argument``."""
     present = list(dict.fromkeys(c["sampler"] for s in states.values() for c in s["cells"]))
     if rows is None:
         return [BEST_BASELINE] + [r for r in present if not is_baseline(r)]
     unknown = [r for r in rows if r != BEST_BASELINE and r not in present]
     if unknown:
-        raise ValueError(f"samplers: {unknown} are in none of the grids; they hold {present}")
+        raise ValueError(f"{argument}: {unknown} are in none of the grids; they hold {present}")
     return list(dict.fromkeys(rows))
 
 
@@ -207,11 +207,12 @@ def summary(paths: list[str], table: str = "default") -> str:
     return "\n".join(lines)
 
 
-def compact(paths: list[str], table: str, rows: list[str]) -> str:
+def compact(paths: list[str], table: str, rows: list[str], strict: bool = True) -> str:
     """Per testbed x NFE budget of ``table``: the best baseline and each of ``rows`` against it (the
-    ``best-baseline`` token is accepted and implied: the baseline column is always shown)."""
+    ``best-baseline`` token is accepted and implied: the baseline column is always shown). ``strict``: a
+    label in none of the grids' cells of ``table`` raises ValueError (else it reads n/a)."""
     states = load(paths, table)
-    labels = [r for r in select_rows(states, rows) if r != BEST_BASELINE]
+    labels = [r for r in (select_rows(states, rows, "rows") if strict else rows) if r != BEST_BASELINE]
     lines = ["| testbed (metric; N, S) | NFE | best baseline | " + " | ".join(f"`{r}`: value; − baseline [95% CI]"
                                                                           for r in labels) + " |",
              "|---|---:|---|" + "---|" * len(labels)]
@@ -245,11 +246,18 @@ def main(argv=None) -> None:
     rows = None if args.rows is None else [r for r in args.rows.split(",") if r]
     if rows is not None and not rows:
         p.error("--rows needs at least one label")
-    tables = ["default", "best"] if args.table == "both" else [args.table]
-    blocks = []
-    for table in tables:
-        text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows)
-        blocks.append(f"### {TITLES[table]}\n\n{text}" if len(tables) > 1 else text)
+    tables, both = [args.table], args.table == "both"
+    try:  # bad files or labels: one line naming the problem, not a traceback
+        if both:  # the tables the files hold; a row need only be in one of them
+            cells = [c for path in args.grids for c in json.loads(Path(path).read_text()).get("cells", [])]
+            tables = [t for t in TITLES if any(c.get("table", "default") == t for c in cells)] or ["default"]
+            select_rows({"all": {"cells": cells}}, rows or [], "rows")
+        blocks = []
+        for table in tables:
+            text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows, not both)
+            blocks.append(f"### {TITLES[table]}\n\n{text}" if both else text)
+    except (OSError, ValueError) as exc:
+        p.error(str(exc))
     print("\n\n".join(blocks))
 
 

@@ -147,9 +147,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not args.out.endswith(".png"):
         p.error(f"--out must end in .png, got {args.out!r}")
-    states = load(args.grids, args.table)
-    rows = select_rows(states, None if args.samplers is None else [s for s in args.samplers.split(",") if s])
-    records = points(states, rows, args.table)
+    try:  # bad files or labels: one line naming the problem, not a traceback
+        states = load(args.grids, args.table)
+        rows = select_rows(states, None if args.samplers is None else [s for s in args.samplers.split(",") if s])
+        records = points(states, rows, args.table)
+    except (OSError, ValueError) as exc:
+        p.error(str(exc))
     with open(args.out[:-4] + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()

@@ -212,3 +212,15 @@ def test_plot_and_csv_of_the_plotted_points(tmp_path):
 def test_log_axis_rule():
     assert qvn.wants_log([0.1, 1.01]) and not qvn.wants_log([0.1, 1.0])
     assert not qvn.wants_log([-1.0, 50.0]) and not qvn.wants_log([math.nan])
+
+
+def test_both_tables_take_a_row_of_either_and_refuse_unknown_rows(tmp_path, capsys):
+    a = write(tmp_path, "a.json", grid(baselines()))
+    b = write(tmp_path, "b.json", grid({**baselines(), "ode_cov/dct": {6: WIN}}, table="best"))
+    qsum.main([a, b, "--table", "both", "--rows", "ode_cov/dct"])
+    default, best = capsys.readouterr().out.split("### each sampler at its best schedule")
+    assert default.count("| n/a |") == 2 and "-0.2 [-0.209, -0.191] win, -19.8% |" in best
+    for table in ("both", "default"):  # default: ode_cov/dct is in no cell of that table
+        with pytest.raises(SystemExit):
+            qsum.main([a, b, "--table", table, "--rows", "ode_cov/dct,nosuch" if table == "both" else "ode_cov/dct"])
+        assert "error: rows: [" in capsys.readouterr().err
