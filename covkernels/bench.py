@@ -187,17 +187,12 @@ def paired_times(base, others: dict, device: torch.device, repeats: int) -> tupl
     return statistics.median(base_times), {name: result[name] for name in others}
 
 
-def _step_sigmas(fn, stub, x, opts, device):
-    """The one-step schedule ``STEP_SIGMAS``, or ``STEP_SIGMAS + (0,)`` for a sampler that demands a
-    schedule ending in 0 (then the time includes its final step to 0)."""
-    sigmas = torch.tensor(STEP_SIGMAS, device=device)
-    try:
-        fn(stub, x, sigmas, **opts)
-    except ValueError as exc:
-        if "end in 0" not in str(exc):
-            raise
-        sigmas = torch.tensor(STEP_SIGMAS + (0.0,), device=device)
-    return sigmas
+def step_sigmas(sampler: str, device) -> torch.Tensor:
+    """The one-step schedule ``STEP_SIGMAS``, or ``STEP_SIGMAS + (0,)`` for a sampler the registry marks as
+    needing a schedule that ends in 0 (then the time includes its final step to 0)."""
+    from .samplers.registry import spec
+
+    return torch.tensor(STEP_SIGMAS + ((0.0,) if spec(sampler).needs_final_zero else ()), device=device)
 
 
 def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repeats: int = 5,
@@ -247,17 +242,13 @@ def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repea
     for s in samplers:
         fn = get_sampler(s)
         params = inspect.signature(fn).parameters
-        runs, sigmas = {}, None
+        runs, sigmas = {}, step_sigmas(s, device)
         for backend in (list(backends) if "backend" in params else [None]):
             opts = {"disable": True, "generator": torch.Generator(device=device).manual_seed(seed)}
             if backend is not None:
                 opts["backend"] = backend
             if "jvp" in params:
                 opts["jvp"] = "finite_difference"
-            try:
-                sigmas = sigmas if sigmas is not None else _step_sigmas(fn, stub, x, opts, device)
-            except Exception:
-                sigmas = torch.tensor(STEP_SIGMAS, device=device)  # the failure is reported below
             runs[s if backend is None else f"{s} [{backend}]"] = (backend, lambda o=opts, g=sigmas: fn(stub, x, g, **o))
         # the reference run is the base of the rounds, so fused / reference is a same-round ratio
         base_key = f"{s} [reference]" if f"{s} [reference]" in runs else next(iter(runs))

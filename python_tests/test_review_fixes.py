@@ -111,3 +111,50 @@ def test_evaluate_passes_an_option_to_the_rows_that_take_it_only():
     cov = cells["cov_ddim/dct"]
     sigmas = covkernels.get_sigmas("karras", cov["steps"], 0.1, 80.0)
     assert cov["nfe"] == nfe_per_sample("cov_ddim", sigmas, cov_sigma_max=math.inf) == 2 * cov["steps"] - 1
+
+
+class _Stub(torch.nn.Module):
+    def forward(self, x, sigma, **extra):
+        return 0.5 * x
+
+
+@pytest.mark.parametrize("name", list(covkernels.sampling.SAMPLERS))
+def test_registry_final_zero_flag_matches_what_each_sampler_refuses(name):
+    """needs_final_zero is true exactly for the samplers that refuse a schedule not ending in 0."""
+    from covkernels.samplers.registry import get_sampler, spec
+
+    fn = get_sampler(name)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    opts = {"disable": True, "generator": torch.Generator().manual_seed(1)}
+    if "jvp" in spec(name).options():
+        opts["jvp"] = "finite_difference"
+    fn(_Stub(), x, torch.tensor([0.8, 0.4, 0.0]), **opts)  # every sampler runs a schedule ending in 0
+    if spec(name).needs_final_zero:
+        with pytest.raises(ValueError):
+            fn(_Stub(), x, torch.tensor([0.8, 0.4]), **opts)
+    else:
+        assert torch.isfinite(fn(_Stub(), x, torch.tensor([0.8, 0.4]), **opts)).all()
+
+
+def test_bench_reads_needs_final_zero_from_the_registry_not_an_error_text():
+    """A sampler registered with needs_final_zero whose refusal says something else is still timed, on the
+    one-step schedule plus its final step to 0."""
+    from covkernels.bench import run_bench
+    from covkernels.samplers.registry import REGISTRY, register
+
+    def sample_closing(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None,
+                       sample_offset=0, check_finite=True):
+        if float(sigmas[-1]) != 0:
+            raise ValueError("this sampler's schedule must close at zero")
+        for sigma in sigmas[:-1]:
+            x = model(x, sigma)
+        return x
+
+    register("closing_test", family="ode_single", summary="test only", needs_final_zero=True)(sample_closing)
+    try:
+        res = run_bench(_Stub(), (2, 3, 8, 8), "cpu", samplers=["closing_test", "ddim"], repeats=1)
+    finally:
+        del REGISTRY["closing_test"]
+    closing, ddim = res["steps"]["closing_test"], res["steps"]["ddim"]
+    assert closing["error"] is None and closing["seconds"] > 0
+    assert closing["sigmas"] == pytest.approx([0.8, 0.4, 0.0]) and ddim["sigmas"] == pytest.approx([0.8, 0.4])

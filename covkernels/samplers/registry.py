@@ -39,6 +39,8 @@ class SamplerSpec:
     ``variants``: evaluation-grid rows beyond the default, label -> options. ``guided_defaults``: option
     defaults that change under classifier-free guidance (UniPC: order 2), applied by the adapters.
     ``nfe_fn(sigmas, options) -> int``: the count for samplers whose cost is not per step (hybrids).
+    ``needs_final_zero``: the sampler refuses a schedule that does not end in 0 (unset: the hybrids, i.e.
+    those with an ``nfe_fn``, whose last step is a posterior draw to 0).
     """
 
     name: str
@@ -52,10 +54,13 @@ class SamplerSpec:
     variants: dict = field(default_factory=dict)
     guided_defaults: dict = field(default_factory=dict)
     nfe_fn: Callable | None = None
+    needs_final_zero: bool | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.needs_final_zero is None:
+            object.__setattr__(self, "needs_final_zero", self.nfe_fn is not None)
 
     def options(self) -> tuple[str, ...]:
         """The sampler's own keyword options (its signature minus the shared k-diffusion parameters)."""
@@ -72,14 +77,15 @@ REGISTRY: dict[str, SamplerSpec] = {}
 
 def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict], int] = _one,
              needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None,
-             guided_defaults: dict | None = None, nfe_fn: Callable | None = None):
+             guided_defaults: dict | None = None, nfe_fn: Callable | None = None,
+             needs_final_zero: bool | None = None):
     """Decorator: register ``sample_<name>`` once, with its family and NFE formula."""
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"sampler {name!r} is registered twice")
         REGISTRY[name] = SamplerSpec(name, fn, family, summary, step_cost, needs_jvp, stochastic, windowed,
-                                     dict(variants or {}), dict(guided_defaults or {}), nfe_fn)
+                                     dict(variants or {}), dict(guided_defaults or {}), nfe_fn, needs_final_zero)
         return fn
 
     return wrap
