@@ -67,3 +67,19 @@ def test_markdown_renders_every_section():
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit):
         ec.main(argv)
+
+
+def test_frame_fit_is_exact_where_the_basis_diagonalises_J():
+    """White J = c0 I: every basis and the Parseval frame fit it exactly with exact coefficients (the
+    frame only with its 1/R normalisation); a DCT-diagonal J is fitted exactly by the DCT alone."""
+    shape = (3, 16, 16)
+    atoms = ec.atom_matrices(shape)
+    white = ec.frame_fit(0.4 * torch.eye(768, dtype=torch.float64), shape, atoms, seed=0, point=0)
+    for name in ("dct", "convdct", "convdct-overlap"):
+        assert white[f"{name} fit_exact"] < 1e-12
+    assert white["convdct fit_1probe"] < 1e-12  # a basis: the transform-domain probe is exact
+    assert white["convdct-overlap fit_1probe"] > 0.05  # a frame: its overlaps make the probe noisy
+    model = get_model("gaussian", size=16).double()
+    g = torch.diag(model.jacobian_coefficients(0.5).flatten())
+    fit = ec.frame_fit(g, shape, atoms, seed=0, point=0)
+    assert fit["dct fit_exact"] < 1e-12 and fit["convdct fit_exact"] > 0.05
