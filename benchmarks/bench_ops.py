@@ -18,10 +18,8 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment  # noqa: E402
-
-from covkernels.ops import dispatch  # noqa: E402
+from covkernels.bench import environment
+from covkernels.ops import dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZES = [int(s) for s in os.environ.get("COVKERNELS_BENCH_SIZES", "64,128,256,512").split(",")]

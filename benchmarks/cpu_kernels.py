@@ -20,8 +20,9 @@ import time
 
 import torch
 
-from common import environment, write_results
+from common import write_results
 
+from covkernels.bench import environment
 from covkernels.ops import dispatch
 
 
