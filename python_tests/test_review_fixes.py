@@ -158,3 +158,18 @@ def test_bench_reads_needs_final_zero_from_the_registry_not_an_error_text():
     closing, ddim = res["steps"]["closing_test"], res["steps"]["ddim"]
     assert closing["error"] is None and closing["seconds"] > 0
     assert closing["sigmas"] == pytest.approx([0.8, 0.4, 0.0]) and ddim["sigmas"] == pytest.approx([0.8, 0.4])
+
+
+@pytest.mark.parametrize("path, ignored", [
+    ("benchmarks/results/quality_gmm.png", False), ("benchmarks/results/best/quality_gmm.png", False),
+    ("benchmarks/results/best_schedule/deeper/plot.png", False), ("grid.png", True), ("benchmarks/grid.png", True)])
+def test_gitignore_keeps_every_results_png_and_ignores_other_pngs(path, ignored):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a checkout of the repository (CI runs from a clone)")
+    run = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root)
+    assert run.returncode == (0 if ignored else 1), path
