@@ -65,7 +65,7 @@ def test_every_launch_kernel_is_in_the_ci_grid_with_its_own_constexprs():
         fn = kernels[v.kernel]
         declared = {n for n, p in inspect.signature(fn.fn).parameters.items() if "constexpr" in str(p.annotation)}
         assert {k for k, _ in v.constexprs} == declared, v
-        sig = triton_aot._signature(fn, v)
+        sig = triton_aot.arg_types(fn, v)
         assert list(sig) == fn.arg_names and all(t for t in sig.values())
     with pytest.raises(ValueError, match="grid"):
         triton_aot.variants("everything")
