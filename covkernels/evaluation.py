@@ -10,7 +10,8 @@ cell or tuning run), then the CSV, Markdown tables and PNG plot (see :mod:`covke
   also carries the paired difference to the best baseline of its NFE column (``vs_baseline``); a cell wins
   only where that paired interval excludes 0 (:mod:`covkernels.intervals`).
 - Two tables: ``default`` (every sampler on the common schedule) and ``best`` (every sampler on its best
-  schedule of the grid ``schedules x sigma_mins``, the default included, chosen by the main metric on the
+  schedule of the grid ``schedules x sigma_mins``, the default included, chosen by the main metric (or
+  ``tune_metric``) on the
   held-out seed ``seed + TUNING_SEED_OFFSET``, never a reported seed; every sampler gets the same candidates
   and N). Budgets and NFE checks as in :mod:`covkernels.grid`.
 - Progress: one display over the whole grid, in model evaluations (N x budget per run), with an ETA.
@@ -100,7 +101,8 @@ def _check_options(samplers, options) -> None:
 def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 1024, *, seed: int = 0,
              seeds: int = 5, batch_size: int = 256, schedule: str = "karras", sigma_min: float = 0.1,
              sigma_max: float = 80.0, rho: float = 7.0, tables=TABLES, tune_schedules=None,
-             tune_sigma_mins=TUNE_SIGMA_MINS, jvp: str = "finite_difference", device="cpu",
+             tune_sigma_mins=TUNE_SIGMA_MINS, tune_metric: str | None = None, jvp: str = "finite_difference",
+             device="cpu",
              out_dir: str | None = None, resume: bool = True, options: dict | None = None, progress=print,
              command: str | None = None) -> dict:
     """Run the grid; return ``{"config", "floor", "tuning", "cells"}`` (also written to ``out_dir`` on rank 0).
@@ -108,7 +110,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     ``samplers``: labels of :data:`VARIANTS` (default: all); ``nfes``: budgets (default :data:`NFES`);
     ``seeds``: S, the number of reported seeds (from ``seed`` on); ``tables``: ``"default"`` and/or
     ``"best"``; ``tune_schedules`` (default: those of :data:`TUNE_SCHEDULES` that exist) x ``tune_sigma_mins``:
-    the schedule grid of the ``best`` table; ``options``: extra options for the covariance samplers (e.g.
+    the schedule grid of the ``best`` table, tuned on ``tune_metric`` (default: the testbed's main metric;
+    any metric of the testbed with a direction); ``options``: extra options for the covariance samplers (e.g.
     ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that take it (a row's own options
     win) and refused (ValueError) if none does; ``resume``: reuse the finished cells of an existing results
     file with the same configuration; ``progress``: a callable for messages (None: silent, no progress display);
@@ -120,6 +123,10 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     from .schedules import SCHEDULES
 
     testbed = get_testbed(model)
+    tune_metric = testbed.main_metric if tune_metric is None else tune_metric
+    if tune_metric not in testbed.metrics or testbed.metrics[tune_metric][1] is None:
+        raise ValueError(f"tune_metric must be a metric of {model!r} with a direction, one of "
+                         f"{[m for m, (_, d) in testbed.metrics.items() if d is not None]}, got {tune_metric!r}")
     samplers = list(dict.fromkeys(VARIANTS if samplers is None else samplers))  # repeats run once
     nfes = list(NFES) if nfes is None else list(dict.fromkeys(nfes))
     tables = list(dict.fromkeys(tables))
@@ -135,7 +142,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     opts = {"cov_sigma_max": COV_SIGMA_MAX, **(options or {})}
     config = {"model": model, "num_samples": num_samples, "seeds": seed_list, "jvp": jvp, **default,
               "tables": tables, "tuning": {"seed": tune_seed, "schedules": tune_schedules,
-                                           "sigma_mins": tune_sigma_mins, "metric": testbed.main_metric},
+                                           "sigma_mins": tune_sigma_mins, "metric": tune_metric},
               # inf as a string: strict JSON has no Infinity
               "options": {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()},
               "device": torch.device(device).type, "covkernels": __version__, "torch": torch.__version__}
@@ -208,7 +215,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
         cells[cell["table"], cell["sampler"], cell["nfe_budget"]] = cell
         annotate_paired(state, testbed.metrics, is_baseline)
         save()
-        main = testbed.main_metric
+        main = tune_metric
         say(f"{cell['table']:>7} {cell['sampler']:<18} {cell['nfe_budget']:>3} NFE [{cell['steps']} steps, "
             f"{cell['schedule']} {cell['sigma_min']}]: {main} {cell[main]:.4g} ± {_half(cell[main + '_ci95']):.2g}")
 
@@ -235,16 +242,16 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                     if rank == 0:
                         tuned[key] = {**{k: head[k] for k in ("sampler", "nfe_budget", "schedule", "sigma_min",
                                                                 "steps", "nfe")},
-                                      testbed.main_metric: per_seed[0][testbed.main_metric]}
+                                      tune_metric: per_seed[0][tune_metric]}
                         state["tuning"].append(tuned[key])
                         save()  # an interrupted tuning keeps its finished runs
                 else:
                     bar.update(num_samples * nfe)
-                scores.append((tuned.get(key, {}).get(testbed.main_metric), sched, plan))
+                scores.append((tuned.get(key, {}).get(tune_metric), sched, plan))
             if ("best", label, nfe) in cells:
                 bar.update(num_samples * nfe * seeds)
                 continue
-            choice = broadcast_from_rank0(_choose(scores, testbed.metrics[testbed.main_metric][1]), device)
+            choice = broadcast_from_rank0(_choose(scores, testbed.metrics[tune_metric][1]), device)
             sched, plan = plans[choice]
             if choice == 0 and "default" in tables:  # the default schedule won: its cell has the same samples
                 bar.update(num_samples * nfe * seeds)

@@ -29,6 +29,10 @@ def metrics_of(state: dict) -> dict:
 
 
 def main_metric(state: dict) -> str:
+    """The metric the grid's schedules were tuned on (its headline), else the testbed's main metric."""
+    tuned = state.get("config", {}).get("tuning", {}).get("metric")
+    if tuned:
+        return tuned
     try:
         return get_testbed(state["config"]["model"]).main_metric
     except ValueError:

@@ -241,3 +241,20 @@ def test_quality_ordering_claimed_in_the_readme(model):
     state = evaluate(model, **REDUCED_GRID[model], seeds=5, tables=["default"], progress=None)
     lower = {m: spec[1] for m, spec in get_testbed(model).metrics.items()}
     assert check_orderings(state, README_CLAIMS[model], lower) == []
+
+
+def test_tune_metric_chooses_the_best_schedules_by_that_metric(tmp_path):
+    state = evaluate("gmm", **{**SMALL, "tables": ["best"]}, tune_metric="spectrum_error", out_dir=str(tmp_path),
+                     progress=None)
+    assert state["config"]["tuning"]["metric"] == "spectrum_error"
+    runs = {}
+    for t in state["tuning"]:
+        assert "spectrum_error" in t and "fd_pooled" not in t
+        runs.setdefault((t["sampler"], t["nfe_budget"]), []).append(t)
+    for cell in state["cells"]:
+        best = min(runs[cell["sampler"], cell["nfe_budget"]], key=lambda t: t["spectrum_error"])
+        assert (cell["schedule"], cell["sigma_min"]) == (best["schedule"], best["sigma_min"])
+    assert "Wins in `spectrum_error`" in (tmp_path / "quality_gmm.md").read_text()  # the headline metric
+    for bad in ("loglik_gap", "fid"):  # no direction / not a metric of the testbed
+        with pytest.raises(ValueError, match="tune_metric"):
+            evaluate("gmm", **SMALL, tune_metric=bad, progress=None)
