@@ -59,8 +59,9 @@ def is_baseline(label: str) -> bool:
 
 
 def variant_options(label: str, options: dict | None) -> tuple[str, dict]:
-    """``(sampler, options)`` of a grid label: the shared ``options`` go to the covariance samplers that
-    accept them; the label's own options (basis, lanczos_steps) always win."""
+    """``(sampler, options)`` of a grid label: each key of the shared ``options`` goes to the covariance
+    samplers whose function takes it, and is dropped for the others (``evaluate`` refuses a key that no
+    selected covariance row takes); the label's own options (basis, lanczos_steps) always win."""
     sampler, opts = VARIANTS[label]
     if not uses_covariance(sampler) or not options:
         return sampler, dict(opts)
