@@ -63,7 +63,7 @@ def _nfe(sigmas, opts: dict) -> int:
     return ode_cost + cov_cost * opts["cov_steps"]
 
 
-@register("ode_cov", family="covariance", needs_jvp=True, stochastic=True, nfe_fn=_nfe,
+@register("ode_cov", family="covariance", needs_jvp=True, stochastic=True, nfe_fn=_nfe, needs_final_zero=True,
           summary="a mean-only ODE sampler down to switch_sigma, then covariance steps to 0 ending in a "
                   "Gaussian posterior draw (beyond the papers)",
           variants={"ode_cov/dct": {"covariance": "dct"}, "ode_cov/convdct": {"covariance": "convdct"},
