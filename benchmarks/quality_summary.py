@@ -46,12 +46,19 @@ def is_baseline(label: str) -> bool:
         raise ValueError(f"grid row {label!r} names no sampler of the registry") from exc
 
 
+METRIC: list = [None]  # --metric: the metric compared instead of each testbed's main metric
+
+
 def metric_spec(model: str) -> tuple[str, bool]:
-    """``(main metric, lower_is_better)`` of a testbed."""
+    """``(metric, lower_is_better)`` of a testbed: its main metric, or ``--metric`` where that is one of its
+    metrics with a direction."""
     from covkernels.testbeds import get_testbed
 
     testbed = get_testbed(model)
-    return testbed.main_metric, testbed.metrics[testbed.main_metric][1]
+    metric = METRIC[0] or testbed.main_metric
+    if metric not in testbed.metrics or testbed.metrics[metric][1] is None:
+        raise ValueError(f"metric: {metric!r} is not a metric of {model!r} with a direction")
+    return metric, testbed.metrics[metric][1]
 
 
 def _same_cell(a: dict, b: dict) -> bool:
@@ -235,6 +242,36 @@ def compact(paths: list[str], table: str, rows: list[str], strict: bool = True) 
     return "\n".join(lines)
 
 
+def average(paths: list[str], table: str, rows: list[str]) -> str:
+    """Per row, over every testbed x NFE cell of ``table`` it shares with a best baseline: the mean and the
+    range of its relative difference to that baseline and its paired verdicts (wins / ties / losses)."""
+    states = load(paths, table)
+    labels = [r for r in select_rows(states, rows, "rows") if r != BEST_BASELINE]
+    lines = ["| row | cells | mean relative difference | range | wins / ties / losses | worst loss |",
+             "|---|---:|---:|---|---|---|"]
+    for label in labels:
+        rel, verdicts, worst = [], {"win": 0, "tie": 0, "loss": 0}, None
+        for model, state in states.items():
+            metric, lower = metric_spec(model)
+            cells = {(c["sampler"], c["nfe_budget"]): c for c in state["cells"] if metric in c}
+            for nfe, base in envelope(state).items():
+                cell = cells.get((label, nfe))
+                if cell is None:
+                    continue
+                vs = {"relative": 0.0, "verdict": "tie"} if cell is base else versus(cell, base, metric, lower)
+                rel.append(vs["relative"])
+                verdicts[vs["verdict"]] += 1
+                if vs["verdict"] == "loss" and (worst is None or abs(vs["relative"]) > abs(worst[0])):
+                    worst = (vs["relative"], f"{model} {nfe} NFE")
+        if not rel:
+            continue
+        worst_text = "—" if worst is None else f"{100 * worst[0]:+.3g}% ({worst[1]})"
+        lines.append(f"| `{label}` | {len(rel)} | {100 * sum(rel) / len(rel):+.3g}% | "
+                     f"{100 * min(rel):+.3g}% .. {100 * max(rel):+.3g}% | {verdicts['win']} / {verdicts['tie']} / "
+                     f"{verdicts['loss']} | {worst_text} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("grids", nargs="+", help="quality_<model>.json files written by covkernels eval")
@@ -242,7 +279,13 @@ def main(argv=None) -> None:
     p.add_argument("--rows", default=None,
                    help=f"compact mode: comma-separated rows, e.g. '{BEST_BASELINE},ode_cov/dct' (default: the "
                         "full table of every sampler)")
+    p.add_argument("--average", action="store_true",
+                   help="with --rows: per row, the mean relative difference to the best baseline over all cells")
+    p.add_argument("--metric", default=None, help="compare this metric instead of each testbed's main metric")
     args = p.parse_args(argv)
+    METRIC[0] = args.metric
+    if args.average and (args.rows is None or args.table == "both"):
+        p.error("--average needs --rows and one --table")
     rows = None if args.rows is None else [r for r in args.rows.split(",") if r]
     if rows is not None and not rows:
         p.error("--rows needs at least one label")
@@ -254,7 +297,10 @@ def main(argv=None) -> None:
             select_rows({"all": {"cells": cells}}, rows or [], "rows")
         blocks = []
         for table in tables:
-            text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows, not both)
+            if args.average:
+                text = average(args.grids, table, rows)
+            else:
+                text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows, not both)
             blocks.append(f"### {TITLES[table]}\n\n{text}" if both else text)
     except (OSError, ValueError) as exc:
         p.error(str(exc))

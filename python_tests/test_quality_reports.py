@@ -224,3 +224,17 @@ def test_both_tables_take_a_row_of_either_and_refuse_unknown_rows(tmp_path, caps
         with pytest.raises(SystemExit):
             qsum.main([a, b, "--table", table, "--rows", "ode_cov/dct,nosuch" if table == "both" else "ode_cov/dct"])
         assert "error: rows: [" in capsys.readouterr().err
+
+
+def test_average_over_cells_counts_verdicts_and_the_worst_loss(tmp_path, capsys):
+    path = write(tmp_path, "g.json", grid({**baselines(), "ode_cov/dct": {6: WIN, 8: LOSS}}))
+    text = qsum.average([path], "default", ["ode_cov/dct", "ipndm"])
+    row = next(line for line in text.splitlines() if line.startswith("| `ode_cov/dct`"))
+    win_rel, loss_rel = -0.2 / 1.01, sum(x - 0.9 * y for x, y in zip(LOSS, BASE)) / (0.9 * sum(BASE))
+    assert f"{100 * (win_rel + loss_rel) / 2:+.3g}%" in row and "| 1 / 0 / 1 |" in row
+    assert f"{100 * loss_rel:+.3g}% (gmm 8 NFE)" in row
+    assert next(line for line in text.splitlines() if line.startswith("| `ipndm`")).count("0 / 2 / 0") == 1
+    with pytest.raises(SystemExit):
+        qsum.main([path, "--average"])  # needs --rows
+    qsum.main([path, "--average", "--rows", "ode_cov/dct", "--metric", "kid_pooled"])
+    assert "ode_cov/dct" not in capsys.readouterr().out.split("\n", 2)[-1]  # the synthetic cells lack kid_pooled
