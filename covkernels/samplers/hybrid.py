@@ -16,14 +16,12 @@ import torch
 from .. import steps as step_lib
 from ..guidance import cfg_denoiser
 from ..schedules import karras_sigmas
-from .common import check_inputs, check_number, context, float_sigmas
 from .calibrated import calibrated_step, check_spectrum
+from .common import check_inputs, check_number, context, float_sigmas
 from .gaussianity import AUTO_TOLERANCE, auto_switch_draw
 from .registry import REGISTRY, register
 
 COVARIANCES = ("identity", "dct", "convdct", "lanczos", "calibrated")
-
-
 SWITCH_MODES = ("end", "auto")
 
 
