@@ -116,14 +116,17 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _add_run_options(p: argparse.ArgumentParser, sigma_min: float) -> None:
+def _add_run_options(p: argparse.ArgumentParser, sigma_min: float | None, schedule: str | None = "karras") -> None:
     """The options ``sample`` and ``eval`` share: batching, seed, device, schedule, covariance window."""
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per sampler call (results do not depend on it: the noise is counter-based)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run's torch.Generator")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule")
-    p.add_argument("--sigma-min", type=float, default=sigma_min, help="smallest nonzero sigma of the schedule")
+    unset = " (unset: the sampler's recommended value, covkernels.sample's)"
+    p.add_argument("--schedule", default=schedule, choices=SCHEDULES,
+                   help="noise schedule" + (unset if schedule is None else ""))
+    p.add_argument("--sigma-min", type=float, default=sigma_min,
+                   help="smallest nonzero sigma of the schedule" + (unset if sigma_min is None else ""))
     p.add_argument("--sigma-max", type=float, default=80.0, help="largest sigma (the initial noise level)")
     p.add_argument("--cov-sigma-max", type=float, default=None,
                    help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="gmm", choices=testbed_names(),
                    help="a testbed of the evaluation (covkernels.testbeds): its model is sampled and --num-eval "
                         "samples are scored with its metrics")
-    s.add_argument("--sampler", default="cov_ddim", choices=SAMPLERS,
+    s.add_argument("--sampler", default="ode_cov", choices=SAMPLERS,
                    help="sampler; its options below apply only where it takes them (others are refused)")
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
     s.add_argument("--out", default="grid.png", help="PNG file (.png) for the grid of the first --num samples")
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-eval", type=int, default=1024,
                    help="samples for the Frechet distance (most of the run time; 0 skips it; a warning below "
                         "256, where its small-sample bias dominates)")
-    _add_run_options(s, sigma_min=0.002)
+    _add_run_options(s, sigma_min=None, schedule=None)
     s.add_argument("--eta", type=float, default=None,
                    help="ancestral noise level in [0, 1], for samplers with an eta option (sampler default if unset)")
     s.add_argument("--basis", default=None, choices=["identity", "dct", "convdct"],

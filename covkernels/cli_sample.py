@@ -19,6 +19,8 @@ import torch
 
 from .progress import Progress
 from .sampling import get_sampler, nfe_per_sample, sample
+from .samplers.api import SCHEDULE_DEFAULTS
+from .samplers.registry import spec
 from .schedules import get_sigmas
 
 # CLI flag of each sampler keyword the command exposes; a flag applies to a sampler whose function takes it.
@@ -41,6 +43,14 @@ def sampler_options(sampler: str, given: dict) -> dict:
         options = ", ".join(takes) if takes else "none of the sampler options"
         raise ValueError(f"{', '.join(extra)} {verb} not apply to --sampler {sampler}; {sampler} takes: {options}")
     return {name: value for name, value in given.items() if value is not None}
+
+
+def fill_schedule(args):
+    """``--schedule`` / ``--sigma-min`` left unset: the sampler's recommended values (as ``covkernels.sample``)."""
+    recommended = {**SCHEDULE_DEFAULTS, **spec(args.sampler).schedule_defaults}
+    args.schedule = recommended["schedule"] if args.schedule is None else args.schedule
+    args.sigma_min = recommended["sigma_min"] if args.sigma_min is None else args.sigma_min
+    return args
 
 
 def check_sample_args(args) -> dict:
@@ -104,6 +114,7 @@ def cmd_sample(args) -> int:
     from .testbeds import get_testbed
 
     opts = check_sample_args(args)
+    fill_schedule(args)
     device = torch.device(args.device)
     testbed = get_testbed(args.model)
     model = testbed.load()

@@ -120,3 +120,18 @@ def test_end_switch_draws_from_the_last_positive_sigma():
     s = [80.0, 20.0, 5.0, 1.5, 0.3, 0.0]
     assert split_schedule(s, "end", 1, 0.1) == ([80.0, 20.0, 5.0, 1.5, 0.3], [0.3, 0.0])
     assert split_schedule(s, "auto", 1, 0.1) == ([80.0, 20.0, 5.0, 1.5, 0.3], [0.3, 0.0])
+
+
+def test_sample_defaults_to_ode_cov_on_its_recommended_schedule():
+    """The package default (README, "defaults"): ode_cov with the automatic switch, on exponential
+    sigmas down to 0.1 (its registry schedule_defaults) unless the caller sets the schedule."""
+    model = get_testbed("gaussian").load()
+    shape = (4, *model.event_shape)
+    got = ck.sample(model, shape, generator=gen(7), disable=True, jvp="finite_difference")
+    sig = ck.get_sigmas("exponential", 8, 0.1, 80.0)
+    same = ck.sample(model, shape, "ode_cov", sigmas=sig, generator=gen(7), disable=True, jvp="finite_difference",
+                     switch_sigma="auto")
+    assert torch.equal(got, same)
+    ddim = ck.sample(model, shape, "ddim", generator=gen(7), disable=True)
+    assert torch.equal(ddim, ck.sample(model, shape, "ddim", sigmas=ck.get_sigmas("karras", 8, 0.002, 80.0),
+                                       generator=gen(7), disable=True))

@@ -113,7 +113,7 @@ def test_linear_beta_lengths_for_every_step_count(spacing):
 
 def test_cli_reports_bad_options_in_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["sample", "--block", "5", "--num", "2", "--num-eval", "0", "--quiet"])
+        main(["sample", "--sampler", "cov_ddim", "--block", "5", "--num", "2", "--num-eval", "0", "--quiet"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.strip() == ("covkernels: error: block=5 does not tile x of spatial size 16x16: H and W must be "

@@ -115,12 +115,16 @@ def test_warnings_only_where_known_degenerate():
     from covkernels.schedules import get_sigmas
 
     def warned(argv):
-        args = parser.parse_args(["sample", *argv])
+        args = cli_sample.fill_schedule(parser.parse_args(["sample", *argv]))
         return cli_sample.warnings_for(args, get_sigmas(args.schedule, args.steps, args.sigma_min, args.sigma_max))
 
     assert warned(["--sampler", "heun", "--steps", "3"]) == []
     assert warned(["--sampler", "ddim", "--steps", "2"]) == []
     assert warned(["--num-eval", "256"]) == [] and warned(["--num-eval", "0"]) == []
+    recommended = cli_sample.fill_schedule(parser.parse_args(["sample"]))  # ode_cov's recommended schedule
+    assert (recommended.schedule, recommended.sigma_min) == ("exponential", 0.1)
+    ddim = cli_sample.fill_schedule(parser.parse_args(["sample", "--sampler", "ddim", "--sigma-min", "0.5"]))
+    assert (ddim.schedule, ddim.sigma_min) == ("karras", 0.5)
     assert "no quality figure" in warned(["--model", "digits", "--num-eval", "3"])[0]
 
 

@@ -8,14 +8,14 @@ from ..ops.rng.reference import STREAM_INIT, philox_normal
 from ..schedules import get_sigmas
 from ..steps import draw_seed
 from .common import check_inputs
-from .registry import get_sampler
+from .registry import get_sampler, spec
 
 
 # The schedule parameters of ``sample`` and their values when the caller leaves them unset (None).
 SCHEDULE_DEFAULTS = {"steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "schedule": "karras", "rho": 7.0}
 
 
-def sample(model, shape, sampler: str = "cov_ddim", steps: int | None = None, sigma_min: float | None = None,
+def sample(model, shape, sampler: str = "ode_cov", steps: int | None = None, sigma_min: float | None = None,
            sigma_max: float | None = None, schedule: str | None = None, rho: float | None = None, generator=None,
            device=None, dtype: torch.dtype = torch.float32, extra_args=None, callback=None, disable=None,
            sample_offset: int = 0, sigmas=None, **options) -> torch.Tensor:
@@ -23,14 +23,16 @@ def sample(model, shape, sampler: str = "cov_ddim", steps: int | None = None, si
 
     The initial noise comes from the same counter-based stream as all other noise, so sample ``b`` is the
     same whatever the batch size (pass ``sample_offset`` when sharding). The schedule is either built from
-    ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho`` (unset: :data:`SCHEDULE_DEFAULTS`, karras
-    with 8 steps from 80 to 0.002, rho 7) or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with
+    ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho`` (unset: the sampler's recommended
+    ``schedule_defaults`` of the registry over :data:`SCHEDULE_DEFAULTS`, karras with 8 steps from 80 to
+    0.002, rho 7; ``ode_cov``, the default sampler: exponential down to 0.1) or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with
     any of the others raises ValueError, since they would be ignored. ``options`` go to the sampler.
     """
     fn = get_sampler(sampler)
+    defaults = {**SCHEDULE_DEFAULTS, **spec(sampler).schedule_defaults}
     given = {"steps": steps, "sigma_min": sigma_min, "sigma_max": sigma_max, "schedule": schedule, "rho": rho}
     if sigmas is None:
-        args = {k: SCHEDULE_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        args = {k: defaults[k] if v is None else v for k, v in given.items()}
         sigmas = get_sigmas(args["schedule"], args["steps"], args["sigma_min"], args["sigma_max"], args["rho"],
                             device=device)
     else:

@@ -28,11 +28,11 @@ SWITCH_MODES = ("end", "auto")
 def split_schedule(sigmas: list[float], switch_sigma, cov_steps: int,
                    cov_sigma_min: float) -> tuple[list[float], list[float]]:
     """``(ode_sigmas, cov_sigmas)``: the schedule's prefix down to its first entry ``<= switch_sigma``
-    (none if ``sigmas[0] <= switch_sigma``; ``"end"`` / ``"auto"``: every positive entry), then ``cov_steps``
+    (none if ``sigmas[0] <= switch_sigma``; ``"end"`` / ``"auto"`` / None: every positive entry), then ``cov_steps``
     steps from there to 0 (Karras spacing down to ``cov_sigma_min``, then 0; one step is the jump straight to
     0). Entries of ``sigmas`` below the switch point are not used."""
     positive = [s for s in sigmas if s > 0]
-    if switch_sigma in SWITCH_MODES:
+    if switch_sigma is None or switch_sigma in SWITCH_MODES:
         j = len(positive) - 1
     else:
         j = next((k for k, s in enumerate(positive) if s <= switch_sigma), len(positive) - 1)
@@ -62,14 +62,18 @@ def _nfe(sigmas, opts: dict) -> int:
 
 
 @register("ode_cov", family="covariance", needs_jvp=True, stochastic=True, nfe_fn=_nfe, needs_final_zero=True,
+          schedule_defaults={"schedule": "exponential", "sigma_min": 0.1},
           summary="a mean-only ODE sampler down to switch_sigma, then covariance steps to 0 ending in a "
                   "Gaussian posterior draw (beyond the papers)",
-          variants={"ode_cov/dct": {"covariance": "dct"}, "ode_cov/convdct": {"covariance": "convdct"},
-                    "ode_cov/convdct-overlap": {"covariance": "convdct", "block": 8, "stride": 4},
-                    "ode_cov/lanczos": {"covariance": "lanczos"},
+          # the rows measured with the switch at sigma 1 pin it (the default is now the automatic switch)
+          variants={"ode_cov/dct": {"covariance": "dct", "switch_sigma": 1.0},
+                    "ode_cov/convdct": {"covariance": "convdct", "switch_sigma": 1.0},
+                    "ode_cov/convdct-overlap": {"covariance": "convdct", "block": 8, "stride": 4,
+                                                "switch_sigma": 1.0},
+                    "ode_cov/lanczos": {"covariance": "lanczos", "switch_sigma": 1.0},
                     "ode_cov/dct-switch0.5": {"covariance": "dct", "switch_sigma": 0.5},
                     "ode_cov/dct-switch2": {"covariance": "dct", "switch_sigma": 2.0},
-                    "ode_cov/ipndm-dct": {"ode": "ipndm", "covariance": "dct"},
+                    "ode_cov/ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": 1.0},
                     "ode_cov/end-dct": {"covariance": "dct", "switch_sigma": "end"},
                     "ode_cov/end-ipndm-dct": {"ode": "ipndm", "covariance": "dct", "switch_sigma": "end"},
                     "ode_cov/auto-dct": {"covariance": "dct", "switch_sigma": "auto"},
@@ -79,7 +83,7 @@ def _nfe(sigmas, opts: dict) -> int:
                                               "spectrum": "calibrate"}})
 @torch.no_grad()
 def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ode="dpmpp_2m",
-                   ode_options=None, switch_sigma=1.0, covariance="dct", cov_steps=1, cov_sigma_min=None, eta=None,
+                   ode_options=None, switch_sigma=None, covariance="dct", cov_steps=1, cov_sigma_min=None, eta=None,
                    probes=None, lanczos_steps=None, block=None, c_max=1.0, channel_average=None, auto_tolerance=None,
                    spectrum=None, stride=None, guidance=None,
                    jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
@@ -95,9 +99,9 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     the conditional JVP (as ``cov_ddim``). NFE: the ODE part's count plus ``(1 + probes)`` (or
     ``1 + lanczos_steps``) per covariance step.
 
-    ``switch_sigma``: a number, ``"end"`` (the ODE runs the whole schedule; the draw replaces its last step,
-    so the schedule's smallest sigma is the switch: tune it like sigma_min) or ``"auto"`` (as ``"end"``, then
-    per sample the draw is taken from the earliest trajectory point whose Gaussian prediction misses by at
+    ``switch_sigma``: None (the default: ``"auto"`` for one diagonal draw, else ``"end"``), a number,
+    ``"end"`` (the ODE runs the whole schedule; the draw replaces its last step, so the schedule's smallest
+    sigma is the switch: tune it like sigma_min) or ``"auto"`` (as ``"end"``, then per sample the draw is taken from the earliest trajectory point whose Gaussian prediction misses by at
     most ``auto_tolerance`` (default :data:`~covkernels.samplers.gaussianity.AUTO_TOLERANCE`), with the
     spectrum transferred there; same NFE as ``"end"``; see :mod:`covkernels.samplers.gaussianity`).
     ``covariance="calibrated"`` takes a :class:`~covkernels.PosteriorSpectrum` ``spectrum``
@@ -111,9 +115,12 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
         raise TypeError(f"ode_options must be a dict or None, got {type(ode_options).__name__}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-    if switch_sigma not in SWITCH_MODES:
-        switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
     cov_steps = step_lib.check_count(cov_steps, "cov_steps", 64)
+    if switch_sigma is None:  # the automatic switch where it applies (one diagonal draw), else the end
+        auto_applies = covariance in ("identity", "dct", "convdct") and cov_steps == 1 and stride is None
+        switch_sigma = "auto" if auto_applies else "end"
+    elif switch_sigma not in SWITCH_MODES:
+        switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
     lanczos, auto, calibrated = covariance == "lanczos", switch_sigma == "auto", covariance == "calibrated"
     if auto and (lanczos or calibrated or cov_steps != 1):
         raise ValueError(f"switch_sigma='auto' needs a diagonal covariance (identity/dct/convdct) and cov_steps=1, "

@@ -40,7 +40,9 @@ class SamplerSpec:
     defaults that change under classifier-free guidance (UniPC: order 2), applied by the adapters.
     ``nfe_fn(sigmas, options) -> int``: the count for samplers whose cost is not per step (hybrids).
     ``needs_final_zero``: the sampler refuses a schedule that does not end in 0 (unset: the hybrids, i.e.
-    those with an ``nfe_fn``, whose last step is a posterior draw to 0).
+    those with an ``nfe_fn``, whose last step is a posterior draw to 0). ``schedule_defaults``: the
+    sampler's recommended schedule parameters (``schedule``, ``sigma_min``, ...), used by ``sample`` where
+    the caller leaves them unset, over :data:`covkernels.samplers.api.SCHEDULE_DEFAULTS`.
     """
 
     name: str
@@ -55,6 +57,7 @@ class SamplerSpec:
     guided_defaults: dict = field(default_factory=dict)
     nfe_fn: Callable | None = None
     needs_final_zero: bool | None = None
+    schedule_defaults: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -78,14 +81,15 @@ REGISTRY: dict[str, SamplerSpec] = {}
 def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict], int] = _one,
              needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None,
              guided_defaults: dict | None = None, nfe_fn: Callable | None = None,
-             needs_final_zero: bool | None = None):
+             needs_final_zero: bool | None = None, schedule_defaults: dict | None = None):
     """Decorator: register ``sample_<name>`` once, with its family and NFE formula."""
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"sampler {name!r} is registered twice")
         REGISTRY[name] = SamplerSpec(name, fn, family, summary, step_cost, needs_jvp, stochastic, windowed,
-                                     dict(variants or {}), dict(guided_defaults or {}), nfe_fn, needs_final_zero)
+                                     dict(variants or {}), dict(guided_defaults or {}), nfe_fn, needs_final_zero,
+                                     dict(schedule_defaults or {}))
         return fn
 
     return wrap
