@@ -242,7 +242,7 @@ def compact(paths: list[str], table: str, rows: list[str], strict: bool = True) 
     return "\n".join(lines)
 
 
-def average(paths: list[str], table: str, rows: list[str]) -> str:
+def average(paths: list[str], table: str, rows: list[str], nfes: list[int] | None = None) -> str:
     """Per row, over every testbed x NFE cell of ``table`` it shares with a best baseline: the mean and the
     range of its relative difference to that baseline and its paired verdicts (wins / ties / losses)."""
     states = load(paths, table)
@@ -256,7 +256,7 @@ def average(paths: list[str], table: str, rows: list[str]) -> str:
             cells = {(c["sampler"], c["nfe_budget"]): c for c in state["cells"] if metric in c}
             for nfe, base in envelope(state).items():
                 cell = cells.get((label, nfe))
-                if cell is None:
+                if cell is None or (nfes and nfe not in nfes):
                     continue
                 vs = {"relative": 0.0, "verdict": "tie"} if cell is base else versus(cell, base, metric, lower)
                 rel.append(vs["relative"])
@@ -281,6 +281,7 @@ def main(argv=None) -> None:
                         "full table of every sampler)")
     p.add_argument("--average", action="store_true",
                    help="with --rows: per row, the mean relative difference to the best baseline over all cells")
+    p.add_argument("--nfe", nargs="+", type=int, default=None, help="with --average: only these NFE budgets")
     p.add_argument("--metric", default=None, help="compare this metric instead of each testbed's main metric")
     args = p.parse_args(argv)
     METRIC[0] = args.metric
@@ -298,12 +299,14 @@ def main(argv=None) -> None:
         blocks = []
         for table in tables:
             if args.average:
-                text = average(args.grids, table, rows)
+                text = average(args.grids, table, rows, args.nfe)
             else:
                 text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows, not both)
             blocks.append(f"### {TITLES[table]}\n\n{text}" if both else text)
     except (OSError, ValueError) as exc:
         p.error(str(exc))
+    finally:
+        METRIC[0] = None  # --metric holds for this call only
     print("\n\n".join(blocks))
 
 

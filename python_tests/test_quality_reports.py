@@ -238,3 +238,10 @@ def test_average_over_cells_counts_verdicts_and_the_worst_loss(tmp_path, capsys)
         qsum.main([path, "--average"])  # needs --rows
     qsum.main([path, "--average", "--rows", "ode_cov/dct", "--metric", "kid_pooled"])
     assert "ode_cov/dct" not in capsys.readouterr().out.split("\n", 2)[-1]  # the synthetic cells lack kid_pooled
+
+
+def test_average_restricted_to_budgets(tmp_path):
+    path = write(tmp_path, "g.json", grid({**baselines(), "ode_cov/dct": {6: WIN, 8: LOSS}}))
+    row = next(line for line in qsum.average([path], "default", ["ode_cov/dct"], [6]).splitlines()
+               if line.startswith("| `ode_cov/dct`"))
+    assert f"| 1 | {100 * -0.2 / 1.01:+.3g}% |" in row and "| 1 / 0 / 0 |" in row
