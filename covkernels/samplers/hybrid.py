@@ -165,7 +165,7 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
 
         def record(info):  # the trajectory's (sigma_i, D(x_i, sigma_i)) for the automatic switch
             if auto:
-                history.append((float(info["sigma"]), info["x"], info["denoised"]))
+                history.append((float(info["sigma"]), info["denoised"]))
             if callback is not None:
                 callback(info)
 
