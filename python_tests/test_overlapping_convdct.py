@@ -137,9 +137,9 @@ def test_fused_backends_match_reference(backend):
 
 def test_registry_variant_and_nfe():
     opts = REGISTRY["ode_cov"].variants["ode_cov/convdct-overlap"]
-    assert opts == {"covariance": "convdct", "block": 8, "stride": 4}
+    assert opts == {"covariance": "convdct", "block": 8, "stride": 4, "switch_sigma": 1.0}
     sigmas = ck.karras_sigmas(6, 0.1, 80.0)
-    assert nfe_per_sample("ode_cov", sigmas, **opts) == nfe_per_sample("ode_cov", sigmas, covariance="convdct")
+    assert nfe_per_sample("ode_cov", sigmas, **opts) == nfe_per_sample("ode_cov", sigmas, covariance="convdct", switch_sigma=1.0)
     counted = CountingModel(white_gaussian(0.2))
     x = torch.randn(2, 3, 16, 16, generator=gen(0)) * 80.0
     get_sampler("ode_cov")(counted, x, sigmas, generator=gen(0), jvp="finite_difference", disable=True, **opts)
