@@ -287,6 +287,8 @@ def main(argv=None) -> None:
     METRIC[0] = args.metric
     if args.average and (args.rows is None or args.table == "both"):
         p.error("--average needs --rows and one --table")
+    if args.nfe and not args.average:
+        p.error("--nfe applies to --average only")
     rows = None if args.rows is None else [r for r in args.rows.split(",") if r]
     if rows is not None and not rows:
         p.error("--rows needs at least one label")

@@ -123,6 +123,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     from .schedules import SCHEDULES
 
     testbed = get_testbed(model)
+    if tune_metric is not None and "best" not in tables:
+        raise ValueError(f"tune_metric applies to the best table only (tables={list(tables)})")
     tune_metric = testbed.main_metric if tune_metric is None else tune_metric
     if tune_metric not in testbed.metrics or testbed.metrics[tune_metric][1] is None:
         raise ValueError(f"tune_metric must be a metric of {model!r} with a direction, one of "

@@ -135,3 +135,40 @@ def test_sample_defaults_to_ode_cov_on_its_recommended_schedule():
     ddim = ck.sample(model, shape, "ddim", generator=gen(7), disable=True)
     assert torch.equal(ddim, ck.sample(model, shape, "ddim", sigmas=ck.get_sigmas("karras", 8, 0.002, 80.0),
                                        generator=gen(7), disable=True))
+
+
+def test_auto_needs_a_deterministic_ode_part_and_none_falls_back_to_end():
+    model = dct_gaussian()
+    sig = ck.karras_sigmas(5, 0.3, 20.0).double()
+    x = torch.randn(2, *model.event_shape, generator=gen(8), dtype=torch.float64) * 20.0
+    for ode, opts in (("ddpm", None), ("ddim", {"s_churn": 1.0})):
+        with pytest.raises(ValueError, match="deterministic ODE part"):
+            ck.sample_ode_cov(model, x, sig, ode=ode, ode_options=opts, switch_sigma="auto", disable=True)
+        seen = []
+        ck.sample_ode_cov(model, x, sig, ode=ode, ode_options=opts, disable=True, generator=gen(9),
+                          jvp="forward_ad", callback=seen.append)  # None: the draw at the end, no diagnostics
+        assert all("switch_sigma" not in d for d in seen)
+
+
+def test_auto_gathers_each_samples_own_point_and_clamps_to_c_max():
+    """Samples that choose different points get their own point's mean and transferred coefficients; c_max
+    caps every coefficient the draw uses (the end point's and the transferred ones)."""
+    model = get_testbed("gmm").load()
+    sig = ck.karras_sigmas(8, 0.3, 80.0)
+    x = 80.0 * torch.randn(64, *model.event_shape, generator=gen(3))
+    means = {}
+
+    def keep(info):
+        if "switch_sigma" in info:
+            means["end"] = info
+        else:
+            means[float(info["sigma_hat"])] = info["denoised"]
+
+    out = ck.sample_ode_cov(model, x, sig, disable=True, generator=gen(12), switch_sigma="auto", jvp="forward_ad",
+                            callback=keep, c_max=1e-12)  # c ~ 0: each draw is its chosen point's mean
+    chosen = means["end"]["switch_sigma"]
+    assert len(set(chosen.tolist())) > 1  # the batch really splits
+    for b in range(x.shape[0]):
+        s = float(chosen[b])
+        ref = means["end"]["denoised"][b] if s == float(sig[-2]) else means[s][b]
+        assert torch.allclose(out[b], ref, atol=1e-4)

@@ -79,3 +79,20 @@ def test_spectrum_checks_and_refusals():
     a = ck.calibrate_spectrum(model, model.event_shape, [0.5], num_samples=2, probes=1, steps=4, generator=gen(6))
     b = ck.calibrate_spectrum(model, model.event_shape, [0.5], num_samples=2, probes=1, steps=4, generator=gen(6))
     assert torch.equal(a.coefficients, b.coefficients)  # same generator seed, same spectrum
+
+
+def test_grid_calibrates_once_per_model_with_its_own_seed():
+    """The grid's spectrum="calibrate": one calibration per model object (seeded with CALIBRATION_SEED, not
+    from the run's seeds), the same object for every cell; the end-cal row runs at 2M's NFE."""
+    from covkernels.grid import calibrated_spectrum, generate
+    from covkernels.testbeds import get_testbed
+
+    model = get_testbed("gaussian").load()
+    first = calibrated_spectrum(model, "cpu")
+    assert calibrated_spectrum(model, "cpu") is first and first.basis == "dct"
+    other = get_testbed("gaussian").load()
+    assert torch.equal(calibrated_spectrum(other, "cpu").coefficients, first.coefficients)
+    sig = ck.get_sigmas("exponential", 6, 0.3, 80.0)
+    _, info = generate(model, "ode_cov/end-cal", sig, 8, seed=0, batch_size=8, device="cpu",
+                       jvp="finite_difference")
+    assert info["nfe_measured"] == ck.nfe_per_sample("dpmpp_2m", sig) == 6

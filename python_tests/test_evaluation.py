@@ -258,3 +258,5 @@ def test_tune_metric_chooses_the_best_schedules_by_that_metric(tmp_path):
     for bad in ("loglik_gap", "fid"):  # no direction / not a metric of the testbed
         with pytest.raises(ValueError, match="tune_metric"):
             evaluate("gmm", **SMALL, tune_metric=bad, progress=None)
+    with pytest.raises(ValueError, match="tune_metric applies to the best table"):
+        evaluate("gmm", **{**SMALL, "tables": ["default"]}, tune_metric="spectrum_error", progress=None)

@@ -236,8 +236,18 @@ def test_average_over_cells_counts_verdicts_and_the_worst_loss(tmp_path, capsys)
     assert next(line for line in text.splitlines() if line.startswith("| `ipndm`")).count("0 / 2 / 0") == 1
     with pytest.raises(SystemExit):
         qsum.main([path, "--average"])  # needs --rows
-    qsum.main([path, "--average", "--rows", "ode_cov/dct", "--metric", "kid_pooled"])
-    assert "ode_cov/dct" not in capsys.readouterr().out.split("\n", 2)[-1]  # the synthetic cells lack kid_pooled
+    with pytest.raises(SystemExit):
+        qsum.main([path, "--rows", "ode_cov/dct", "--nfe", "6"])  # --nfe without --average
+    state = grid({**baselines(), "ode_cov/dct": {6: WIN, 8: LOSS}})
+    for cell in state["cells"]:  # a second metric that ranks the covariance row the other way round
+        per = [2.0 - v for v in cell["fd_pooled_per_seed"]]
+        cell.update(summarize_seeds({"kid_pooled": per}))
+    annotate_paired(state, get_testbed("gmm").metrics, is_baseline)
+    other = write(tmp_path, "k.json", state)
+    capsys.readouterr()
+    qsum.main([other, "--average", "--rows", "ode_cov/dct", "--metric", "kid_pooled"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| `ode_cov/dct`"))
+    assert "| 1 / 0 / 1 |" in row and "(gmm 6 NFE)" in row  # the 6-NFE win under fd_pooled is a loss here
 
 
 def test_average_restricted_to_budgets(tmp_path):

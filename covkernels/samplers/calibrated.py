@@ -95,8 +95,12 @@ def calibrate_spectrum(model, shape, sigmas=None, *, basis: str = "dct", block: 
         raise ValueError(f"sigmas must lie in (0, sigma_max={sigma_max}), got {levels}")
     fine = [float(s) for s in karras_sigmas(steps, levels[0], sigma_max).tolist() if s > 0]
     schedule = sorted(set(fine) | set(levels), reverse=True)
-    seed = int(torch.randint(0, 2 ** 62, (), generator=generator))
-    x = sigma_max * torch.randn((num_samples, *shape), generator=generator, dtype=dtype, device=device)
+    from ..steps import draw_seed
+
+    seed = draw_seed(generator)  # on the generator's device, whatever ``device`` is
+    noise_device = generator.device if generator is not None else device
+    x = sigma_max * torch.randn((num_samples, *shape), generator=generator, dtype=dtype,
+                                device=noise_device).to(device)
     at = {}
 
     def keep(info):
@@ -121,7 +125,7 @@ def calibrate_spectrum(model, shape, sigmas=None, *, basis: str = "dct", block: 
 
 
 def calibrated_step(ctx, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
-                    spectrum: PosteriorSpectrum):
+                    spectrum: PosteriorSpectrum, c_max: float | None = None):
     """One covariance step with the calibrated diagonal: ``m + F^T(sqrt(sigma_up^2 + (sigma_t - sigma_down)^2
     c(sigma_t)) xi)`` with the DDIM mean ``m`` (the draw ``D + F^T(sigma_t sqrt(c) xi)`` on the step to 0).
     1 evaluation. Returns ``(x_s, denoised)``."""
@@ -131,7 +135,7 @@ def calibrated_step(ctx, x: torch.Tensor, step: int, sigma_t: float, sigma_s: fl
     sigma_down, sigma_up = step_lib.ancestral_split(sigma_t, sigma_s, eta)
     denoised = ctx.denoise(x, sigma_t, step)
     wd = work_dtype(x.dtype)
-    c = spectrum(sigma_t).to(device=x.device, dtype=wd)
+    c = spectrum(sigma_t).to(device=x.device, dtype=wd).clamp(max=c_max)
     std = torch.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
     xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
     d = denoised.to(wd)

@@ -102,7 +102,11 @@ def auto_switch_draw(ctx, x: torch.Tensor, step: int, sigma_end: float, history,
     c = (torch.stack(zs) * torch.stack(fjvs)).mean(dim=0)
     if channel_average:
         c = c.mean(dim=1, keepdim=True)
-    lam = spectrum(c, sigma_end)
+    if ctx.mean_only_fallback:  # as structured_step: a sample with a non-finite JVP on any probe: mean only
+        bad = ctx.fallback_mask(step, x)
+        if bool(bad.any()):
+            c = torch.where(bad.view((-1,) + (1,) * (x.dim() - 1)), torch.zeros_like(c), c)
+    lam = spectrum(c, sigma_end)  # the diagnostic and the transfer use c itself; c_max caps the draw only
 
     def analysis(t):
         return ctx.ops.analysis(t, basis, block)
@@ -117,13 +121,12 @@ def auto_switch_draw(ctx, x: torch.Tensor, step: int, sigma_end: float, history,
     rows = torch.arange(x.shape[0], device=x.device)
     chosen_sigma = sig[choice]
     view = (-1,) + (1,) * (x.dim() - 1)
-    c_end = c.clamp(min=0.0, max=c_max)
-    c_sel = torch.where((choice == len(history)).view(view), c_end,
-                        coefficients_at(lam, chosen_sigma.view(view)))
+    c_sel = torch.where((choice == len(history)).view(view), c.clamp(min=0.0, max=c_max),
+                        coefficients_at(lam, chosen_sigma.view(view)).clamp(max=c_max))
     xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
     out = means[choice, rows] + synthesis(chosen_sigma.view(view) * torch.sqrt(c_sel) * xi)
     if callback is not None:
         callback({"x": x, "i": step, "sigma": torch.tensor(sigma_end, dtype=sigma_dtype, device=x.device),
                   "sigma_hat": torch.tensor(sigma_end, dtype=sigma_dtype, device=x.device), "denoised": d_end,
-                  "switch_sigma": chosen_sigma, "misses": misses})
+                  "switch_sigma": chosen_sigma.to(sigma_dtype), "misses": misses})
     return out.to(x.dtype)

@@ -117,12 +117,18 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     cov_steps = step_lib.check_count(cov_steps, "cov_steps", 64)
+    # The automatic switch predicts the probability-flow ODE's trajectory: a stochastic ODE part or churn
+    # (fresh noise along the way) breaks that prediction.
+    deterministic = not REGISTRY[ode].stochastic and not (ode_options or {}).get("s_churn")
     if switch_sigma is None:  # the automatic switch where it applies (one diagonal draw), else the end
         auto_applies = covariance in ("identity", "dct", "convdct") and cov_steps == 1 and stride is None
-        switch_sigma = "auto" if auto_applies else "end"
+        switch_sigma = "auto" if auto_applies and deterministic else "end"
     elif switch_sigma not in SWITCH_MODES:
         switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
     lanczos, auto, calibrated = covariance == "lanczos", switch_sigma == "auto", covariance == "calibrated"
+    if auto and not deterministic:
+        raise ValueError(f"switch_sigma='auto' needs a deterministic ODE part (no stochastic sampler, no s_churn), "
+                         f"got ode={ode!r} with ode_options={ode_options!r}")
     if auto and (lanczos or calibrated or cov_steps != 1):
         raise ValueError(f"switch_sigma='auto' needs a diagonal covariance (identity/dct/convdct) and cov_steps=1, "
                          f"got covariance={covariance!r}, cov_steps={cov_steps}")
@@ -166,7 +172,7 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
 
         def record(info):  # the trajectory's (sigma_i, D(x_i, sigma_i)) for the automatic switch
             if auto:
-                history.append((float(info["sigma"]), info["denoised"]))
+                history.append((float(info["sigma_hat"]), info["denoised"]))  # D was evaluated at sigma_hat
             if callback is not None:
                 callback(info)
 
@@ -183,7 +189,7 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     for j, (st, ss) in enumerate(zip(cov_sigmas[:-1], cov_sigmas[1:])):
         i = offset + j
         if calibrated:
-            x_next, denoised = calibrated_step(ctx, x, i, st, ss, eta=eta, spectrum=spectrum)
+            x_next, denoised = calibrated_step(ctx, x, i, st, ss, eta=eta, spectrum=spectrum, c_max=c_max)
         elif covariance == "lanczos":
             x_next, denoised = step_lib.lanczos_step(ctx, x, i, st, ss, eta=eta, lanczos_steps=k,
                                                      reorthogonalize=True, c_max=c_max)
