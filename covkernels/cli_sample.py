@@ -19,8 +19,7 @@ import torch
 
 from .progress import Progress
 from .sampling import get_sampler, nfe_per_sample, sample
-from .samplers.api import SCHEDULE_DEFAULTS
-from .samplers.registry import spec
+from .samplers.api import schedule_defaults
 from .schedules import get_sigmas
 
 # CLI flag of each sampler keyword the command exposes; a flag applies to a sampler whose function takes it.
@@ -47,7 +46,7 @@ def sampler_options(sampler: str, given: dict) -> dict:
 
 def fill_schedule(args):
     """``--schedule`` / ``--sigma-min`` left unset: the sampler's recommended values (as ``covkernels.sample``)."""
-    recommended = {**SCHEDULE_DEFAULTS, **spec(args.sampler).schedule_defaults}
+    recommended = schedule_defaults(args.sampler)
     args.schedule = recommended["schedule"] if args.schedule is None else args.schedule
     args.sigma_min = recommended["sigma_min"] if args.sigma_min is None else args.sigma_min
     return args

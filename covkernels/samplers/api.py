@@ -15,6 +15,12 @@ from .registry import get_sampler, spec
 SCHEDULE_DEFAULTS = {"steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "schedule": "karras", "rho": 7.0}
 
 
+def schedule_defaults(sampler: str) -> dict:
+    """The schedule parameters ``sample`` uses for ``sampler`` where the caller leaves them unset: the
+    sampler's recommended ``schedule_defaults`` of the registry over :data:`SCHEDULE_DEFAULTS`."""
+    return {**SCHEDULE_DEFAULTS, **spec(sampler).schedule_defaults}
+
+
 def sample(model, shape, sampler: str = "ode_cov", steps: int | None = None, sigma_min: float | None = None,
            sigma_max: float | None = None, schedule: str | None = None, rho: float | None = None, generator=None,
            device=None, dtype: torch.dtype = torch.float32, extra_args=None, callback=None, disable=None,
@@ -25,11 +31,12 @@ def sample(model, shape, sampler: str = "ode_cov", steps: int | None = None, sig
     same whatever the batch size (pass ``sample_offset`` when sharding). The schedule is either built from
     ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho`` (unset: the sampler's recommended
     ``schedule_defaults`` of the registry over :data:`SCHEDULE_DEFAULTS`, karras with 8 steps from 80 to
-    0.002, rho 7; ``ode_cov``, the default sampler: exponential down to 0.1) or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with
-    any of the others raises ValueError, since they would be ignored. ``options`` go to the sampler.
+    0.002, rho 7; ``ode_cov``, the default sampler: exponential down to 0.1; see :func:`schedule_defaults`)
+    or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with any of the others raises ValueError,
+    since they would be ignored. ``options`` go to the sampler.
     """
     fn = get_sampler(sampler)
-    defaults = {**SCHEDULE_DEFAULTS, **spec(sampler).schedule_defaults}
+    defaults = schedule_defaults(sampler)
     given = {"steps": steps, "sigma_min": sigma_min, "sigma_max": sigma_max, "schedule": schedule, "rho": rho}
     if sigmas is None:
         args = {k: defaults[k] if v is None else v for k, v in given.items()}

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..ops.dct.reference import BASES, analysis, check_block, synthesis
+from ..ops.dct.reference import BASES, analysis, check_block
 from ..ops.noise.reference import probe_tangent
 from .common import check_number
 from .gaussianity import coefficients_at, spectrum as transfer_spectrum
@@ -33,7 +33,8 @@ class PosteriorSpectrum:
         levels = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
         if not levels or any(not (s > 0 and math.isfinite(s)) for s in levels) or levels != sorted(set(levels)):
             raise ValueError(f"sigmas must be increasing positive finite levels, got {levels}")
-        if not isinstance(coefficients, torch.Tensor) or coefficients.dim() != 4 or coefficients.shape[0] != len(levels):
+        if (not isinstance(coefficients, torch.Tensor) or coefficients.dim() != 4
+                or coefficients.shape[0] != len(levels)):
             raise ValueError(f"coefficients must be a (S={len(levels)}, C, H, W) tensor, got "
                              f"{getattr(coefficients, 'shape', coefficients)!r}")
         if basis not in BASES:
@@ -75,6 +76,7 @@ def calibrate_spectrum(model, shape, sigmas=None, *, basis: str = "dct", block: 
     """
     from .. import jvp as jvp_engine
     from ..schedules import karras_sigmas
+    from ..steps import draw_seed
     from .multistep import sample_dpmpp_2m
 
     if basis not in BASES:
@@ -95,8 +97,6 @@ def calibrate_spectrum(model, shape, sigmas=None, *, basis: str = "dct", block: 
         raise ValueError(f"sigmas must lie in (0, sigma_max={sigma_max}), got {levels}")
     fine = [float(s) for s in karras_sigmas(steps, levels[0], sigma_max).tolist() if s > 0]
     schedule = sorted(set(fine) | set(levels), reverse=True)
-    from ..steps import draw_seed
-
     seed = draw_seed(generator)  # on the generator's device, whatever ``device`` is
     noise_device = generator.device if generator is not None else device
     x = sigma_max * torch.randn((num_samples, *shape), generator=generator, dtype=dtype,
@@ -109,7 +109,7 @@ def calibrate_spectrum(model, shape, sigmas=None, *, basis: str = "dct", block: 
             at[s] = info["x"].clone()
 
     sample_dpmpp_2m(model, x, torch.tensor(schedule + [0.0], dtype=torch.float64), extra_args=extra_args,
-                         callback=keep, disable=True)
+                    callback=keep, disable=True)
     rows = []
     for s in levels:
         xs, acc = at[s], 0.0
@@ -130,7 +130,7 @@ def calibrated_step(ctx, x: torch.Tensor, step: int, sigma_t: float, sigma_s: fl
     c(sigma_t)) xi)`` with the DDIM mean ``m`` (the draw ``D + F^T(sigma_t sqrt(c) xi)`` on the step to 0).
     1 evaluation. Returns ``(x_s, denoised)``."""
     from .. import steps as step_lib
-    from ..ops.noise.reference import work_dtype
+    from ..ops.noise.reference import ddim_mean, work_dtype
 
     sigma_down, sigma_up = step_lib.ancestral_split(sigma_t, sigma_s, eta)
     denoised = ctx.denoise(x, sigma_t, step)
@@ -138,8 +138,7 @@ def calibrated_step(ctx, x: torch.Tensor, step: int, sigma_t: float, sigma_s: fl
     c = spectrum(sigma_t).to(device=x.device, dtype=wd).clamp(max=c_max)
     std = torch.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
     xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
-    d = denoised.to(wd)
-    mean = d + (sigma_down / sigma_t) * (x.to(wd) - d)
+    mean = ddim_mean(denoised, x, sigma_t, sigma_down)
     return (mean + ctx.ops.synthesis(std * xi, spectrum.basis, spectrum.block)).to(x.dtype), denoised
 
 

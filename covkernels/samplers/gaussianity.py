@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.noise.reference import work_dtype
+from ..ops.noise.reference import hutchinson_coefficients, work_dtype
 
 # Relative miss of the Gaussian prediction accepted as "Gaussian enough" (switch_sigma="auto"). Set (not tuned)
 # between the misses measured on the oracles (64 samples, Karras 80 -> 0.1/0.3, 4-6 steps of 2M): exact
@@ -59,12 +59,13 @@ def prediction_misses(history, x_end: torch.Tensor, d_end: torch.Tensor, lam: to
     the basis transform ``F`` and ``F^T`` (B, C, H, W) -> (B, C, H, W).
     """
     wd = lam.dtype
-    residual = analysis((x_end - d_end).to(wd))
+    d_end = d_end.to(wd)
+    residual = analysis(x_end.to(wd) - d_end)
     out = []
     for sigma_i, d_i in history:
-        pred = d_end.to(wd) + synthesis(ode_gain(lam, sigma_end, sigma_i) * residual)
+        pred = d_end + synthesis(ode_gain(lam, sigma_end, sigma_i) * residual)
         miss = (pred - d_i.to(wd)).flatten(1).norm(dim=1)
-        scale = (d_i.to(wd) - d_end.to(wd)).flatten(1).norm(dim=1)
+        scale = (d_i.to(wd) - d_end).flatten(1).norm(dim=1)
         out.append(miss / scale.clamp_min(torch.finfo(wd).tiny))
     return torch.stack(out) if out else torch.empty(0, x_end.shape[0], dtype=wd, device=x_end.device)
 
@@ -72,14 +73,10 @@ def prediction_misses(history, x_end: torch.Tensor, d_end: torch.Tensor, lam: to
 def earliest_consistent(misses: torch.Tensor, tolerance: float) -> torch.Tensor:
     """``(B,)`` index into ``history + [end]``: the earliest point after which every miss is ``<= tolerance``
     (``len(history)``, the end point, where the last miss already exceeds it)."""
-    n = misses.shape[0]
     ok = misses <= tolerance
-    # suffix "all ok" from the end backwards: the first index i with ok[i:].all()
-    suffix_ok = torch.flip(torch.cumprod(torch.flip(ok, [0]).to(torch.int64), dim=0), [0]).bool()
-    first = torch.full((misses.shape[1],), n, dtype=torch.long, device=misses.device)
-    for i in range(n - 1, -1, -1):
-        first = torch.where(suffix_ok[i], torch.full_like(first, i), first)
-    return first
+    # the run of consecutive ok points that ends at the last one: its length is how far back the draw goes
+    trailing = torch.cumprod(torch.flip(ok, [0]).to(torch.int64), dim=0).sum(dim=0)
+    return misses.shape[0] - trailing
 
 
 def auto_switch_draw(ctx, x: torch.Tensor, step: int, sigma_end: float, history, *, basis: str, block: int,
@@ -99,9 +96,7 @@ def auto_switch_draw(ctx, x: torch.Tensor, step: int, sigma_end: float, history,
         d_end = mean if p == 0 else d_end
         zs.append(ctx.ops.analysis(v.to(wd), basis, block))
         fjvs.append(ctx.ops.analysis(jv.to(wd), basis, block))
-    c = (torch.stack(zs) * torch.stack(fjvs)).mean(dim=0)
-    if channel_average:
-        c = c.mean(dim=1, keepdim=True)
+    c = hutchinson_coefficients(torch.stack(zs), torch.stack(fjvs), channel_average=channel_average, c_max=None)
     if ctx.mean_only_fallback:  # as structured_step: a sample with a non-finite JVP on any probe: mean only
         bad = ctx.fallback_mask(step, x)
         if bool(bad.any()):

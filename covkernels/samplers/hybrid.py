@@ -48,10 +48,12 @@ def split_schedule(sigmas: list[float], switch_sigma, cov_steps: int,
 def _nfe(sigmas, opts: dict) -> int:
     from .registry import nfe_per_sample
 
-    lanczos = opts["covariance"] == "lanczos"
-    cov_cost = 1 + ((opts["lanczos_steps"] or 3) if lanczos else (opts["probes"] or 1))
     if opts["covariance"] == "calibrated":
         cov_cost = 1  # the draw uses the stored spectrum: no JVP
+    elif opts["covariance"] == "lanczos":
+        cov_cost = 1 + (opts["lanczos_steps"] or 3)
+    else:
+        cov_cost = 1 + (opts["probes"] or 1)
     ode_options = opts["ode_options"] or {}
     if isinstance(sigmas, int):  # n steps: at most n - 1 of them are ODE steps, then the covariance part
         ode = [math.inf] * sigmas
@@ -101,10 +103,10 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
 
     ``switch_sigma``: None (the default: ``"auto"`` for one diagonal draw, else ``"end"``), a number,
     ``"end"`` (the ODE runs the whole schedule; the draw replaces its last step, so the schedule's smallest
-    sigma is the switch: tune it like sigma_min) or ``"auto"`` (as ``"end"``, then per sample the draw is taken from the earliest trajectory point whose Gaussian prediction misses by at
-    most ``auto_tolerance`` (default :data:`~covkernels.samplers.gaussianity.AUTO_TOLERANCE`), with the
-    spectrum transferred there; same NFE as ``"end"``; see :mod:`covkernels.samplers.gaussianity`; its last
-    callback also carries ``switch_sigma`` ``(B,)``, the sigma each sample drew from, and ``misses``).
+    sigma is the switch: tune it like sigma_min) or ``"auto"`` (as ``"end"``, then per sample the draw is
+    taken from the earliest trajectory point whose Gaussian prediction misses by at most ``auto_tolerance``
+    (default :data:`~covkernels.samplers.gaussianity.AUTO_TOLERANCE`), with the spectrum transferred there;
+    same NFE as ``"end"``; see :mod:`covkernels.samplers.gaussianity`; its last callback also carries ``switch_sigma`` ``(B,)``, the sigma each sample drew from, and ``misses``).
     ``covariance="calibrated"`` takes a :class:`~covkernels.PosteriorSpectrum` ``spectrum``
     (:func:`~covkernels.calibrate_spectrum`) instead of JVPs: each covariance step then costs 1 evaluation, so
     with ``switch_sigma="end"`` the sampler costs exactly what ``ode`` alone costs on the same schedule."""
@@ -120,16 +122,16 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     # The automatic switch predicts the probability-flow ODE's trajectory: a stochastic ODE part or churn
     # (fresh noise along the way) breaks that prediction.
     deterministic = not REGISTRY[ode].stochastic and not (ode_options or {}).get("s_churn")
-    if switch_sigma is None:  # the automatic switch where it applies (one diagonal draw), else the end
-        auto_applies = covariance in ("identity", "dct", "convdct") and cov_steps == 1 and stride is None
-        switch_sigma = "auto" if auto_applies and deterministic else "end"
+    one_diagonal_draw = covariance in ("identity", "dct", "convdct") and cov_steps == 1
+    if switch_sigma is None:  # the automatic switch where it applies, else the end
+        switch_sigma = "auto" if one_diagonal_draw and stride is None and deterministic else "end"
     elif switch_sigma not in SWITCH_MODES:
         switch_sigma = check_number(switch_sigma, "switch_sigma", 0.0, low_open=True)
     lanczos, auto, calibrated = covariance == "lanczos", switch_sigma == "auto", covariance == "calibrated"
     if auto and not deterministic:
         raise ValueError(f"switch_sigma='auto' needs a deterministic ODE part (no stochastic sampler, no s_churn), "
                          f"got ode={ode!r} with ode_options={ode_options!r}")
-    if auto and (lanczos or calibrated or cov_steps != 1):
+    if auto and not one_diagonal_draw:
         raise ValueError(f"switch_sigma='auto' needs a diagonal covariance (identity/dct/convdct) and cov_steps=1, "
                          f"got covariance={covariance!r}, cov_steps={cov_steps}")
     given = {"cov_sigma_min": cov_sigma_min, "eta": eta, "probes": probes, "lanczos_steps": lanczos_steps,
