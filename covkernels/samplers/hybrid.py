@@ -106,7 +106,8 @@ def sample_ode_cov(model, x, sigmas, extra_args=None, callback=None, disable=Non
     sigma is the switch: tune it like sigma_min) or ``"auto"`` (as ``"end"``, then per sample the draw is
     taken from the earliest trajectory point whose Gaussian prediction misses by at most ``auto_tolerance``
     (default :data:`~covkernels.samplers.gaussianity.AUTO_TOLERANCE`), with the spectrum transferred there;
-    same NFE as ``"end"``; see :mod:`covkernels.samplers.gaussianity`; its last callback also carries ``switch_sigma`` ``(B,)``, the sigma each sample drew from, and ``misses``).
+    same NFE as ``"end"``; see :mod:`covkernels.samplers.gaussianity`; its last callback also carries
+    ``switch_sigma`` ``(B,)``, the sigma each sample drew from, and ``misses``).
     ``covariance="calibrated"`` takes a :class:`~covkernels.PosteriorSpectrum` ``spectrum``
     (:func:`~covkernels.calibrate_spectrum`) instead of JVPs: each covariance step then costs 1 evaluation, so
     with ``switch_sigma="end"`` the sampler costs exactly what ``ode`` alone costs on the same schedule."""
