@@ -32,7 +32,7 @@ def cmd_eval(args) -> int:
                      seeds=args.seeds, batch_size=args.batch_size, sigma_min=args.sigma_min,
                      sigma_max=args.sigma_max, rho=args.rho, schedule=args.schedule, tables=args.tables,
                      tune_schedules=args.tune_schedules, tune_sigma_mins=args.tune_sigma_mins,
-                     tune_metric=args.tune_metric,
+                     tune_metric=args.tune_metric, tune_num_samples=args.tune_num_samples,
                      device=torch.device(args.device), out_dir=args.out,
                      resume=not args.no_resume, options=options, progress=None if args.quiet else print,
                      command=command)
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sigma_min values of the tuning grid (chosen on a held-out seed, --seed + 1000000)")
     e.add_argument("--tune-metric", default=None,
                    help="metric the best table's schedules are chosen by (default: the testbed's main metric)")
+    e.add_argument("--tune-num-samples", type=int, default=None,
+                   help="N of the tuning runs (default: --num-samples; the same for every sampler)")
     e.add_argument("--out", default="eval_results", help="directory for quality_<model>.{json,csv,md,png}")
     e.add_argument("--no-resume", action="store_true", help="start over instead of reusing finished cells")
     e.add_argument("--command-line", default=None, help=argparse.SUPPRESS)

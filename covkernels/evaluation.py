@@ -101,8 +101,8 @@ def _check_options(samplers, options) -> None:
 def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 1024, *, seed: int = 0,
              seeds: int = 5, batch_size: int = 256, schedule: str = "karras", sigma_min: float = 0.1,
              sigma_max: float = 80.0, rho: float = 7.0, tables=TABLES, tune_schedules=None,
-             tune_sigma_mins=TUNE_SIGMA_MINS, tune_metric: str | None = None, jvp: str = "finite_difference",
-             device="cpu",
+             tune_sigma_mins=TUNE_SIGMA_MINS, tune_metric: str | None = None, tune_num_samples: int | None = None,
+             jvp: str = "finite_difference", device="cpu",
              out_dir: str | None = None, resume: bool = True, options: dict | None = None, progress=print,
              command: str | None = None) -> dict:
     """Run the grid; return ``{"config", "floor", "tuning", "cells"}`` (also written to ``out_dir`` on rank 0).
@@ -111,7 +111,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     ``seeds``: S, the number of reported seeds (from ``seed`` on); ``tables``: ``"default"`` and/or
     ``"best"``; ``tune_schedules`` (default: those of :data:`TUNE_SCHEDULES` that exist) x ``tune_sigma_mins``:
     the schedule grid of the ``best`` table, tuned on ``tune_metric`` (default: the testbed's main metric;
-    any metric of the testbed with a direction); ``options``: extra options for the covariance samplers (e.g.
+    any metric of the testbed with a direction) at ``tune_num_samples`` samples (default: ``num_samples``; a
+    smaller N makes large-N grids affordable, the same for every sampler); ``options``: extra options for the covariance samplers (e.g.
     ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that take it (a row's own options
     win) and refused (ValueError) if none does; ``resume``: reuse the finished cells of an existing results
     file with the same configuration; ``progress``: a callable for messages (None: silent, no progress display);
@@ -126,6 +127,9 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     if tune_metric is not None and "best" not in tables:
         raise ValueError(f"tune_metric applies to the best table only (tables={list(tables)})")
     tune_metric = testbed.main_metric if tune_metric is None else tune_metric
+    if tune_num_samples is not None and "best" not in tables:
+        raise ValueError(f"tune_num_samples applies to the best table only (tables={list(tables)})")
+    tune_num = num_samples if tune_num_samples is None else _int("tune_num_samples", tune_num_samples, 4)
     if tune_metric not in testbed.metrics or testbed.metrics[tune_metric][1] is None:
         raise ValueError(f"tune_metric must be a metric of {model!r} with a direction, one of "
                          f"{[m for m, (_, d) in testbed.metrics.items() if d is not None]}, got {tune_metric!r}")
@@ -144,7 +148,9 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     opts = {"cov_sigma_max": COV_SIGMA_MAX, **(options or {})}
     config = {"model": model, "num_samples": num_samples, "seeds": seed_list, "jvp": jvp, **default,
               "tables": tables, "tuning": {"seed": tune_seed, "schedules": tune_schedules,
-                                           "sigma_mins": tune_sigma_mins, "metric": tune_metric},
+                                           "sigma_mins": tune_sigma_mins, "metric": tune_metric,
+                                           # only where it differs: files written before the option still resume
+                                           **({"num_samples": tune_num} if tune_num != num_samples else {})},
               # inf as a string: strict JSON has no Infinity
               "options": {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()},
               "device": torch.device(device).type, "covkernels": __version__, "torch": torch.__version__}
@@ -157,7 +163,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
         for label in samplers:
             plans = [(c, schedule_for(label, nfe, c, options)) for c in candidates]
             runs[label, nfe] = [(c, p) for c, p in plans if p is not None]
-    total = sum(num_samples * nfe * (seeds * len(tables) + ("best" in tables) * len(ps))
+    total = sum(nfe * (num_samples * seeds * len(tables) + ("best" in tables) * tune_num * len(ps))
                 for (label, nfe), ps in runs.items() if ps and ps[0][0] is default)
     bar = Progress(total, desc=f"eval {model}", unit="evaluations", disable=progress is None or rank != 0)
     say = bar.write if progress is print else (progress or (lambda message: None))  # print: beside the bar
@@ -178,23 +184,23 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     score_net = net if torch.device(device).type == "cpu" else testbed.load()  # scoring runs on the CPU
     scorers: dict = {}
 
-    def scorer(s):  # built once per seed, on rank 0 only (it gathers the samples)
-        if s not in scorers:
-            scorers[s] = testbed.make_scorer(score_net, num_samples, s)
-        return scorers[s]
+    def scorer(s, n=num_samples):  # built once per seed and N, on rank 0 only (it gathers the samples)
+        if (s, n) not in scorers:
+            scorers[s, n] = testbed.make_scorer(score_net, n, s)
+        return scorers[s, n]
 
     if rank == 0 and state["floor"] is None:
         state["floor"] = summarize_seeds(_by_metric([scorer(s).floor() for s in seed_list]))
     cells = {(c["table"], c["sampler"], c["nfe_budget"]): c for c in state["cells"]}
     tuned = {(t["sampler"], t["nfe_budget"], t["schedule"], t["sigma_min"]): t for t in state["tuning"]}
 
-    def run(label, nfe, sched, plan, run_seeds, scorer_for):
+    def run(label, nfe, sched, plan, run_seeds, scorer_for, n=num_samples):
         steps, sigmas, used = plan
         per_seed, seconds, measured = [], [], []
         for s in run_seeds:
-            x, info = generate(net, label, sigmas.to(device), num_samples, seed=s, batch_size=batch_size,
+            x, info = generate(net, label, sigmas.to(device), n, seed=s, batch_size=batch_size,
                                device=device, jvp=jvp, options=options)
-            bar.update(num_samples * nfe)
+            bar.update(n * nfe)
             if rank != 0:
                 continue
             if abs(info["nfe_measured"] - used) > 1e-9:
@@ -240,7 +246,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
             for sched, plan in plans:  # tuning on the held-out seed, the same candidates for every sampler
                 key = (label, nfe, sched["schedule"], sched["sigma_min"])
                 if key not in tuned:
-                    head, per_seed = run(label, nfe, sched, plan, [tune_seed], lambda s: scorer(s))
+                    head, per_seed = run(label, nfe, sched, plan, [tune_seed], lambda s: scorer(s, tune_num),
+                                         n=tune_num)
                     if rank == 0:
                         tuned[key] = {**{k: head[k] for k in ("sampler", "nfe_budget", "schedule", "sigma_min",
                                                                 "steps", "nfe")},
@@ -248,7 +255,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                         state["tuning"].append(tuned[key])
                         save()  # an interrupted tuning keeps its finished runs
                 else:
-                    bar.update(num_samples * nfe)
+                    bar.update(tune_num * nfe)
                 scores.append((tuned.get(key, {}).get(tune_metric), sched, plan))
             if ("best", label, nfe) in cells:
                 bar.update(num_samples * nfe * seeds)

@@ -101,7 +101,8 @@ def markdown(state: dict, command: str | None = None) -> str:
     if "best" in cfg.get("tables", []):
         lines += [f"Best schedule: per sampler and budget the best of {tuning.get('schedules')} x sigma_min "
                   f"{tuning.get('sigma_mins')} (and the default) in `{tuning.get('metric')}` on the held-out seed "
-                  f"{tuning.get('seed')}; cells read [steps; schedule sigma_min].", ""]
+                  f"{tuning.get('seed')}" + (f" at N = {tuning['num_samples']}" if "num_samples" in tuning else "")
+                  + "; cells read [steps; schedule sigma_min].", ""]
     metrics = metrics_of(state)
     floor_label = "floor"
     try:

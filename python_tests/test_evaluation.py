@@ -260,3 +260,21 @@ def test_tune_metric_chooses_the_best_schedules_by_that_metric(tmp_path):
             evaluate("gmm", **SMALL, tune_metric=bad, progress=None)
     with pytest.raises(ValueError, match="tune_metric applies to the best table"):
         evaluate("gmm", **{**SMALL, "tables": ["default"]}, tune_metric="spectrum_error", progress=None)
+
+
+def test_tune_num_samples_tunes_at_its_own_n_and_reports_at_num_samples(tmp_path):
+    grid = {**SMALL, "samplers": ["ddim", "cov_ddim/dct"], "nfes": [4], "tables": ["best"], "seeds": 2}
+    cheap = evaluate("gmm", **{**grid, "num_samples": 16}, progress=None)
+    mixed = evaluate("gmm", **grid, tune_num_samples=16, out_dir=str(tmp_path), progress=None)
+    assert mixed["config"]["tuning"]["num_samples"] == 16 and mixed["config"]["num_samples"] == 32
+    assert mixed["tuning"] == cheap["tuning"]  # the tuning runs are those of a grid at N = 16
+    for a, b in zip(mixed["cells"], cheap["cells"]):
+        assert (a["schedule"], a["sigma_min"]) == (b["schedule"], b["sigma_min"])
+        assert a["fd_pooled"] != b["fd_pooled"]  # reported at N = 32, not 16
+    assert "held-out seed 1000000 at N = 16" in (tmp_path / "quality_gmm.md").read_text()
+    same = evaluate("gmm", **{**grid, "nfes": [8]}, tune_num_samples=32, progress=None)
+    assert "num_samples" not in same["config"]["tuning"]  # equal to N: the configuration of files before the option
+    with pytest.raises(ValueError, match="tune_num_samples"):
+        evaluate("gmm", **grid, tune_num_samples=2, progress=None)
+    with pytest.raises(ValueError, match="tune_num_samples applies to the best table"):
+        evaluate("gmm", **{**grid, "tables": ["default"]}, tune_num_samples=16, progress=None)
