@@ -145,6 +145,24 @@ def test_kernel_distance_is_unbiased_and_matches_the_formula():
     kyy = sum(k(y[i], y[j]) for i in range(30) for j in range(30) if i != j) / (30 * 29)
     kxy = sum(k(x[i], y[j]) for i in range(40) for j in range(30)) / (40 * 30)
     assert metrics.kernel_distance(x, y) == pytest.approx(float(kxx + kyy - 2 * kxy), rel=1e-10)
+    whole = metrics._GRAM_BLOCK
+    try:  # row blocks that do not divide N (40 = 7 + ... + 5, 30 = 7 + ... + 2) give the same sums
+        metrics._GRAM_BLOCK = 7
+        assert metrics.kernel_distance(x, y) == pytest.approx(float(kxx + kyy - 2 * kxy), rel=1e-10)
+    finally:
+        metrics._GRAM_BLOCK = whole
+    full = metrics.KID_FULL_MAX
+    try:  # above KID_FULL_MAX: the mean of the full estimates on 4 chunk pairs (40 -> 10 each, 30 -> 8, 8, 7, 7)
+        metrics.KID_FULL_MAX = 10
+        chunked = metrics.kernel_distance(x, y)
+        metrics.KID_FULL_MAX = full
+        pieces = [metrics.kernel_distance(u, v) for u, v in zip(x.tensor_split(4), y.tensor_split(4))]
+        assert chunked == pytest.approx(sum(pieces) / 4, rel=1e-12) and chunked != metrics.kernel_distance(x, y)
+        metrics.KID_FULL_MAX = 15  # 30 / 3 chunks = 10 samples each
+        with pytest.raises(ValueError, match="at least 2 samples per chunk"):
+            metrics.kernel_distance(x, y[:5])
+    finally:
+        metrics.KID_FULL_MAX = full
     # same distribution: the mean over 200 pairs of small sets is ~0 (the FD's is clearly positive)
     g = gen(3)
     kid = [metrics.kernel_distance(torch.randn(20, 6, generator=g), torch.randn(20, 6, generator=g))
