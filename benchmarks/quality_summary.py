@@ -11,6 +11,9 @@ the difference relative to the baseline's mean.
     python benchmarks/quality_summary.py benchmarks/results/best/quality_*.json --table best \
         --rows best-baseline,ode_cov/dct,ode_cov/ipndm-dct
 
+``--half-widths``: per testbed and metric, how wide the intervals are as a share of the mean (the sample-size
+target of the evaluation issue: under 10%).
+
 Several files of one testbed are merged (e.g. the baselines of one run and the covariance rows of a later
 one): cells are keyed by (table, sampler, nfe_budget), and the files must share N, the seeds, the JVP
 strategy, the covariance options, the schedule settings of the table and the reference floor, or the paired
@@ -272,6 +275,28 @@ def average(paths: list[str], table: str, rows: list[str], nfes: list[int] | Non
     return "\n".join(lines)
 
 
+def half_widths(paths: list[str], table: str, rows: list[str] | None = None) -> str:
+    """Per testbed and metric (those with a direction) over the cells of ``rows`` (default: every row): the
+    range of the 95% half-width as a share of the mean and how many cells are under 10% (the evaluation
+    issue's target)."""
+    from covkernels.testbeds import get_testbed
+
+    states = load(paths, table)
+    labels = None if rows is None else [r for r in select_rows(states, rows, "rows") if r != BEST_BASELINE]
+    lines = ["| testbed (N, S) | metric | half-width / mean | cells under 10% |", "|---|---|---|---:|"]
+    for model, state in states.items():
+        cfg = state["config"]
+        cells = [c for c in state["cells"] if labels is None or c["sampler"] in labels]
+        for metric, (_, lower) in get_testbed(model).metrics.items():
+            shares = [abs(half_width(c[f"{metric}_ci95"]) / c[metric]) if c[metric] else math.inf
+                      for c in cells if lower is not None and f"{metric}_ci95" in c]
+            if shares:
+                lines.append(f"| `{model}` (N {cfg['num_samples']}, S {len(cfg['seeds'])}) | {metric} | "
+                             f"{100 * min(shares):.3g}% .. {100 * max(shares):.3g}% | "
+                             f"{sum(x < 0.1 for x in shares)} / {len(shares)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("grids", nargs="+", help="quality_<model>.json files written by covkernels eval")
@@ -282,11 +307,15 @@ def main(argv=None) -> None:
     p.add_argument("--average", action="store_true",
                    help="with --rows: per row, the mean relative difference to the best baseline over all cells")
     p.add_argument("--nfe", nargs="+", type=int, default=None, help="with --average: only these NFE budgets")
+    p.add_argument("--half-widths", action="store_true",
+                   help="per testbed and metric: the 95%% half-widths as a share of the mean (over --rows or all)")
     p.add_argument("--metric", default=None, help="compare this metric instead of each testbed's main metric")
     args = p.parse_args(argv)
     METRIC[0] = args.metric
     if args.average and (args.rows is None or args.table == "both"):
         p.error("--average needs --rows and one --table")
+    if args.half_widths and (args.average or args.table == "both" or args.metric):
+        p.error("--half-widths takes one --table and no --average or --metric")
     if args.nfe and not args.average:
         p.error("--nfe applies to --average only")
     rows = None if args.rows is None else [r for r in args.rows.split(",") if r]
@@ -300,7 +329,9 @@ def main(argv=None) -> None:
             select_rows({"all": {"cells": cells}}, rows or [], "rows")
         blocks = []
         for table in tables:
-            if args.average:
+            if args.half_widths:
+                text = half_widths(args.grids, table, rows)
+            elif args.average:
                 text = average(args.grids, table, rows, args.nfe)
             else:
                 text = summary(args.grids, table) if rows is None else compact(args.grids, table, rows, not both)

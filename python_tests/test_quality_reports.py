@@ -255,3 +255,20 @@ def test_average_restricted_to_budgets(tmp_path):
     row = next(line for line in qsum.average([path], "default", ["ode_cov/dct"], [6]).splitlines()
                if line.startswith("| `ode_cov/dct`"))
     assert f"| 1 | {100 * -0.2 / 1.01:+.3g}% |" in row and "| 1 / 0 / 0 |" in row
+
+
+def test_half_widths_range_and_count_under_ten_percent(tmp_path, capsys):
+    from covkernels.intervals import half_width
+
+    wide = [0.5, 1.5, 0.7, 1.2, 1.0]  # half-width 0.48 of a mean 0.98; BASE: 9.1%, LOSS: 7.0%
+    path = write(tmp_path, "g.json", grid({"ipndm": {6: wide, 8: BASE}, "ode_cov/dct": {6: LOSS}}))
+    rows = qsum.half_widths([path], "default").splitlines()
+    share = [half_width(summarize_seeds({"fd_pooled": v})["fd_pooled_ci95"]) / (sum(v) / len(v))
+             for v in (wide, BASE, LOSS)]
+    line = next(r for r in rows if "| fd_pooled |" in r)
+    assert "(N 64, S 5)" in line and f"{100 * min(share):.3g}% .. {100 * max(share):.3g}%" in line
+    assert line.endswith("| 2 / 3 |") and min(share) < 0.1 < max(share)
+    only = next(r for r in qsum.half_widths([path], "default", ["ode_cov/dct"]).splitlines() if "fd_pooled" in r)
+    assert f"{100 * share[2]:.3g}% .. {100 * share[2]:.3g}%" in only and only.endswith("| 1 / 1 |")
+    with pytest.raises(SystemExit):
+        qsum.main([path, "--half-widths", "--average", "--rows", "ipndm"])
