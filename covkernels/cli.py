@@ -17,6 +17,7 @@ from .cli_sample import cmd_sample
 from .ops.dispatch import BACKENDS
 from .jvp import STRATEGIES
 from .sampling import SAMPLERS
+from .samplers.api import DEFAULT_SAMPLER
 from .schedules import SCHEDULES
 from .testbeds import testbed_names
 
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="gmm", choices=testbed_names(),
                    help="a testbed of the evaluation (covkernels.testbeds): its model is sampled and --num-eval "
                         "samples are scored with its metrics")
-    s.add_argument("--sampler", default="ode_cov", choices=SAMPLERS,
+    s.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                    help="sampler; its options below apply only where it takes them (others are refused)")
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
     s.add_argument("--out", default="grid.png", help="PNG file (.png) for the grid of the first --num samples")

@@ -1,6 +1,8 @@
 """Adapters: diffusers UNets as sigma-space denoisers (equal to diffusers' own DDIM loop), k-diffusion table."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -100,14 +102,18 @@ def test_one_call_pipeline_helper():
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False))
     from covkernels.adapters.diffusers import sample
 
-    images = sample(pipe, num_inference_steps=4, batch_size=2, generator=gen(0), disable=True,
-                    extra_args={"class_labels": torch.tensor([0, 1])}, guidance_scale=2.0,
+    images = sample(pipe, sampler="cov_ddim", num_inference_steps=4, batch_size=2, generator=gen(0),
+                    disable=True, extra_args={"class_labels": torch.tensor([0, 1])}, guidance_scale=2.0,
                     uncond_args={"class_labels": torch.tensor([2, 2])})
     assert images.shape == (2, 3, 16, 16) and float(images.min()) >= 0 and float(images.max()) <= 1
     again = sample(pipe, sampler="ddim", num_inference_steps=4, batch_size=2, generator=gen(0), disable=True,
                    extra_args={"class_labels": torch.tensor([0, 1])}, guidance_scale=2.0,
                    uncond_args={"class_labels": torch.tensor([2, 2])})
     assert again.shape == images.shape
+    labels = {"extra_args": {"class_labels": torch.tensor([0, 1])}}
+    default = sample(pipe, num_inference_steps=4, batch_size=2, generator=gen(0), disable=True, **labels)
+    assert torch.equal(default, sample(pipe, sampler="ipndm", num_inference_steps=4, batch_size=2,
+                                       generator=gen(0), disable=True, **labels))  # the package default
 
 
 def test_latent_pipelines_warn_once_for_cov_ddim():
@@ -123,7 +129,10 @@ def test_latent_pipelines_warn_once_for_cov_ddim():
     pipe = type("LatentPipe", (), {"unet": unet, "scheduler": diffusers.DDIMScheduler(clip_sample=False),
                                    "vae": FakeVAE()})()
     with pytest.warns(LatentDiffusionWarning, match="reported to hurt latent models"):
-        sample(pipe, num_inference_steps=2, generator=gen(0), disable=True)
+        sample(pipe, sampler="cov_ddim", num_inference_steps=2, generator=gen(0), disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LatentDiffusionWarning)
+        sample(pipe, num_inference_steps=2, generator=gen(0), disable=True)  # the default is mean-only
 
 
 def test_text_conditioned_unet_with_guidance():

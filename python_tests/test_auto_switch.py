@@ -122,13 +122,16 @@ def test_end_switch_draws_from_the_last_positive_sigma():
     assert split_schedule(s, "auto", 1, 0.1) == ([80.0, 20.0, 5.0, 1.5, 0.3], [0.3, 0.0])
 
 
-def test_sample_defaults_to_ode_cov_on_its_recommended_schedule():
-    """The package default (README, "defaults"): ode_cov with the automatic switch, on exponential
-    sigmas down to 0.1 (its registry schedule_defaults) unless the caller sets the schedule."""
+def test_sample_defaults_to_ipndm_and_each_sampler_to_its_recommended_schedule():
+    """The package default (README, "defaults"): iPNDM on exponential sigmas down to 0.1 (its registry
+    schedule_defaults); ode_cov (automatic switch) on the same; others on Karras to 0.002 unless the caller
+    sets the schedule."""
     model = get_testbed("gaussian").load()
     shape = (4, *model.event_shape)
-    got = ck.sample(model, shape, generator=gen(7), disable=True, jvp="finite_difference")
     sig = ck.get_sigmas("exponential", 8, 0.1, 80.0)
+    got = ck.sample(model, shape, generator=gen(7), disable=True)
+    assert torch.equal(got, ck.sample(model, shape, "ipndm", sigmas=sig, generator=gen(7), disable=True))
+    got = ck.sample(model, shape, "ode_cov", generator=gen(7), disable=True, jvp="finite_difference")
     same = ck.sample(model, shape, "ode_cov", sigmas=sig, generator=gen(7), disable=True, jvp="finite_difference",
                      switch_sigma="auto")
     assert torch.equal(got, same)

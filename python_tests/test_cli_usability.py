@@ -121,8 +121,8 @@ def test_warnings_only_where_known_degenerate():
     assert warned(["--sampler", "heun", "--steps", "3"]) == []
     assert warned(["--sampler", "ddim", "--steps", "2"]) == []
     assert warned(["--num-eval", "256"]) == [] and warned(["--num-eval", "0"]) == []
-    recommended = cli_sample.fill_schedule(parser.parse_args(["sample"]))  # ode_cov's recommended schedule
-    assert (recommended.schedule, recommended.sigma_min) == ("exponential", 0.1)
+    recommended = cli_sample.fill_schedule(parser.parse_args(["sample"]))  # ipndm's recommended schedule
+    assert (recommended.sampler, recommended.schedule, recommended.sigma_min) == ("ipndm", "exponential", 0.1)
     ddim = cli_sample.fill_schedule(parser.parse_args(["sample", "--sampler", "ddim", "--sigma-min", "0.5"]))
     assert (ddim.schedule, ddim.sigma_min) == ("karras", 0.5)
     assert "no quality figure" in warned(["--model", "digits", "--num-eval", "3"])[0]

@@ -88,7 +88,7 @@ class LatentDiffusionWarning(UserWarning):
     to proceed anyway."""
 
 
-def sample(pipe_or_unet, scheduler=None, sampler: str = "cov_ddim", num_inference_steps: int = 8,
+def sample(pipe_or_unet, scheduler=None, sampler: str | None = None, num_inference_steps: int = 8,
            batch_size: int = 1, guidance_scale: float | None = None, extra_args: dict | None = None,
            uncond_args: dict | None = None, generator: torch.Generator | None = None, latents: torch.Tensor = None,
            disable=None, **options) -> torch.Tensor:
@@ -101,7 +101,8 @@ def sample(pipe_or_unet, scheduler=None, sampler: str = "cov_ddim", num_inferenc
     mean-only baselines get a guided denoiser (with the registry's guided defaults, e.g. UniPC order 2, unless
     given). ``latents``: initial VP noise (else drawn from
     ``generator``). Latent pipelines are decoded with their VAE; the covariance samplers on them warn once
-    (:class:`LatentDiffusionWarning`). ``options`` go to the sampler.
+    (:class:`LatentDiffusionWarning`). ``sampler``: a registry name (default: the package default,
+    ``covkernels.samplers.api.DEFAULT_SAMPLER``). ``options`` go to the sampler.
     """
     import inspect
     import warnings
@@ -109,7 +110,9 @@ def sample(pipe_or_unet, scheduler=None, sampler: str = "cov_ddim", num_inferenc
     from .. import sampling
     from ..guidance import Guidance, cfg_denoiser
     from ..samplers import spec
+    from ..samplers.api import DEFAULT_SAMPLER
 
+    sampler = DEFAULT_SAMPLER if sampler is None else sampler
     unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
     scheduler = scheduler if scheduler is not None else getattr(pipe_or_unet, "scheduler", None)
     if scheduler is None:

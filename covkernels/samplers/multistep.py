@@ -92,7 +92,7 @@ def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, variable,
     return x
 
 
-@register("ipndm", family="ode_multistep",
+@register("ipndm", family="ode_multistep", schedule_defaults={"schedule": "exponential", "sigma_min": 0.1},
           summary="improved PNDM: Adams-Bashforth on d = (x - D)/sigma with equal-step weights, order ramping "
                   "up to max_order (= ComfyUI sample_ipndm)")
 @torch.no_grad()
