@@ -275,10 +275,11 @@ def average(paths: list[str], table: str, rows: list[str], nfes: list[int] | Non
     return "\n".join(lines)
 
 
-def half_widths(paths: list[str], table: str, rows: list[str] | None = None) -> str:
-    """Per testbed and metric (those with a direction) over the cells of ``rows`` (default: every row): the
+def half_widths(paths: list[str], table: str, rows: list[str] | None = None, nfes: list[int] | None = None) -> str:
+    """Per testbed and metric (those with a direction) over the cells of ``rows`` (default: every row;
+    ``best-baseline``: the best baseline of each budget by the main metric) and ``nfes`` (default: all): the
     range of the 95% half-width as a share of the mean and how many cells are under 10% (the evaluation
-    issue's target)."""
+    issue's target). A cell whose mean or interval is not finite counts as over 10%."""
     from covkernels.testbeds import get_testbed
 
     states = load(paths, table)
@@ -286,10 +287,17 @@ def half_widths(paths: list[str], table: str, rows: list[str] | None = None) -> 
     lines = ["| testbed (N, S) | metric | half-width / mean | cells under 10% |", "|---|---|---|---:|"]
     for model, state in states.items():
         cfg = state["config"]
-        cells = [c for c in state["cells"] if labels is None or c["sampler"] in labels]
+        base = [id(c) for c in envelope(state).values()] if rows and BEST_BASELINE in rows else []
+        cells = [c for c in state["cells"] if (labels is None or c["sampler"] in labels or id(c) in base)
+                 and (not nfes or c["nfe_budget"] in nfes)]
+
+        def share(c, metric):
+            value, half = c[metric], half_width(c[f"{metric}_ci95"])
+            ok = value and math.isfinite(value) and math.isfinite(half)
+            return abs(half / value) if ok else math.inf
+
         for metric, (_, lower) in get_testbed(model).metrics.items():
-            shares = [abs(half_width(c[f"{metric}_ci95"]) / c[metric]) if c[metric] else math.inf
-                      for c in cells if lower is not None and f"{metric}_ci95" in c]
+            shares = [share(c, metric) for c in cells if lower is not None and f"{metric}_ci95" in c]
             if shares:
                 lines.append(f"| `{model}` (N {cfg['num_samples']}, S {len(cfg['seeds'])}) | {metric} | "
                              f"{100 * min(shares):.3g}% .. {100 * max(shares):.3g}% | "
@@ -306,7 +314,8 @@ def main(argv=None) -> None:
                         "full table of every sampler)")
     p.add_argument("--average", action="store_true",
                    help="with --rows: per row, the mean relative difference to the best baseline over all cells")
-    p.add_argument("--nfe", nargs="+", type=int, default=None, help="with --average: only these NFE budgets")
+    p.add_argument("--nfe", nargs="+", type=int, default=None,
+                   help="with --average or --half-widths: only these NFE budgets")
     p.add_argument("--half-widths", action="store_true",
                    help="per testbed and metric: the 95%% half-widths as a share of the mean (over --rows or all)")
     p.add_argument("--metric", default=None, help="compare this metric instead of each testbed's main metric")
@@ -316,8 +325,8 @@ def main(argv=None) -> None:
         p.error("--average needs --rows and one --table")
     if args.half_widths and (args.average or args.table == "both" or args.metric):
         p.error("--half-widths takes one --table and no --average or --metric")
-    if args.nfe and not args.average:
-        p.error("--nfe applies to --average only")
+    if args.nfe and not (args.average or args.half_widths):
+        p.error("--nfe applies to --average and --half-widths only")
     rows = None if args.rows is None else [r for r in args.rows.split(",") if r]
     if rows is not None and not rows:
         p.error("--rows needs at least one label")
@@ -330,7 +339,7 @@ def main(argv=None) -> None:
         blocks = []
         for table in tables:
             if args.half_widths:
-                text = half_widths(args.grids, table, rows)
+                text = half_widths(args.grids, table, rows, args.nfe)
             elif args.average:
                 text = average(args.grids, table, rows, args.nfe)
             else:

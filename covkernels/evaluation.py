@@ -112,8 +112,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     ``"best"``; ``tune_schedules`` (default: those of :data:`TUNE_SCHEDULES` that exist) x ``tune_sigma_mins``:
     the schedule grid of the ``best`` table, tuned on ``tune_metric`` (default: the testbed's main metric;
     any metric of the testbed with a direction) at ``tune_num_samples`` samples (default: ``num_samples``; a
-    smaller N makes large-N grids affordable, the same for every sampler); ``options``: extra options for the covariance samplers (e.g.
-    ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that take it (a row's own options
+    smaller N makes large-N grids affordable, the same for every sampler); ``options``: extra options for
+    the covariance samplers (e.g. ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that take it (a row's own options
     win) and refused (ValueError) if none does; ``resume``: reuse the finished cells of an existing results
     file with the same configuration; ``progress``: a callable for messages (None: silent, no progress display);
     ``command``: the command line quoted in the Markdown report.
@@ -191,6 +191,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
 
     if rank == 0 and state["floor"] is None:
         state["floor"] = summarize_seeds(_by_metric([scorer(s).floor() for s in seed_list]))
+    if rank == 0 and "best" in tables and tune_num != num_samples:
+        scorer(tune_seed, tune_num)  # a tuning N the testbed cannot score fails here, before any sampling
     cells = {(c["table"], c["sampler"], c["nfe_budget"]): c for c in state["cells"]}
     tuned = {(t["sampler"], t["nfe_budget"], t["schedule"], t["sigma_min"]): t for t in state["tuning"]}
 

@@ -81,8 +81,10 @@ def kernel_distance(x: torch.Tensor, y: torch.Tensor, degree: int = 3) -> float:
     Unlike the Frechet distance, whose bias falls like ``1/N`` and dominates small-``N`` comparisons, its
     expectation is the population MMD^2 at every ``N`` (0 for equal distributions), so single estimates
     can be negative; means over seeds are what to compare. Above :data:`KID_FULL_MAX` samples both sets are
-    cut into the same number of near-equal chunks of at most that many and the estimate is the mean over the
-    chunk pairs (the subset KID: the same expectation, cost linear instead of quadratic in N).
+    cut into the same number of contiguous chunks of at most that many and the estimate is the mean over
+    the chunk pairs (the subset KID: the same expectation, cost linear instead of quadratic in N); the
+    smaller set then needs at least 2 samples per chunk (ValueError otherwise), and the rows of each set must
+    be in random order (i.i.d. samples are).
     """
     if x.dim() < 2 or y.dim() < 2 or x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must be (N, ...) with the same event shape, got {tuple(x.shape)}, {tuple(y.shape)}")
@@ -96,6 +98,8 @@ def kernel_distance(x: torch.Tensor, y: torch.Tensor, degree: int = 3) -> float:
     if chunks > 1:  # the mean of unbiased estimates on disjoint chunks: still unbiased, O(N * KID_FULL_MAX) time
         if min(len(a), len(b)) < 2 * chunks:
             raise ValueError(f"need at least 2 samples per chunk of {KID_FULL_MAX}: {len(a)} and {len(b)}")
+        # contiguous chunks: unbiased for exchangeable rows (i.i.d. samples, a drawn reference); a fixed
+        # reference stored in some order would need shuffling first (every such reference today has < 4096)
         pairs = zip(a.tensor_split(chunks), b.tensor_split(chunks))
         return sum(_kernel_distance(u, v, degree) for u, v in pairs) / chunks
     return _kernel_distance(a, b, degree)

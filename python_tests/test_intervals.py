@@ -158,7 +158,7 @@ def test_kernel_distance_is_unbiased_and_matches_the_formula():
         metrics.KID_FULL_MAX = full
         pieces = [metrics.kernel_distance(u, v) for u, v in zip(x.tensor_split(4), y.tensor_split(4))]
         assert chunked == pytest.approx(sum(pieces) / 4, rel=1e-12) and chunked != metrics.kernel_distance(x, y)
-        metrics.KID_FULL_MAX = 15  # 30 / 3 chunks = 10 samples each
+        metrics.KID_FULL_MAX = 15  # ceil(40 / 15) = 3 chunks: y[:5] has fewer than 2 samples for each
         with pytest.raises(ValueError, match="at least 2 samples per chunk"):
             metrics.kernel_distance(x, y[:5])
     finally:

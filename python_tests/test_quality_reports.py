@@ -270,5 +270,14 @@ def test_half_widths_range_and_count_under_ten_percent(tmp_path, capsys):
     assert line.endswith("| 2 / 3 |") and min(share) < 0.1 < max(share)
     only = next(r for r in qsum.half_widths([path], "default", ["ode_cov/dct"]).splitlines() if "fd_pooled" in r)
     assert f"{100 * share[2]:.3g}% .. {100 * share[2]:.3g}%" in only and only.endswith("| 1 / 1 |")
+    # best-baseline: the best baseline of each budget, ipndm at 6 (wide) and 8 (BASE); ode_cov/dct is no baseline
+    best = next(r for r in qsum.half_widths([path], "default", ["best-baseline"]).splitlines() if "fd_pooled" in r)
+    assert best.endswith("| 1 / 2 |")
+    at8 = next(r for r in qsum.half_widths([path], "default", None, [8]).splitlines() if "fd_pooled" in r)
+    assert f"{100 * share[1]:.3g}% .. {100 * share[1]:.3g}%" in at8 and at8.endswith("| 1 / 1 |")
+    nan = grid({"ipndm": {6: [float("nan")] * 5}})
+    line = next(r for r in qsum.half_widths([write(tmp_path, "n.json", nan)], "default").splitlines()
+                if "fd_pooled" in r)
+    assert line.endswith("| 0 / 1 |")  # not finite: over 10%, not silently dropped
     with pytest.raises(SystemExit):
         qsum.main([path, "--half-widths", "--average", "--rows", "ipndm"])
