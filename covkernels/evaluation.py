@@ -113,10 +113,10 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     the schedule grid of the ``best`` table, tuned on ``tune_metric`` (default: the testbed's main metric;
     any metric of the testbed with a direction) at ``tune_num_samples`` samples (default: ``num_samples``; a
     smaller N makes large-N grids affordable, the same for every sampler); ``options``: extra options for
-    the covariance samplers (e.g. ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that take it (a row's own options
-    win) and refused (ValueError) if none does; ``resume``: reuse the finished cells of an existing results
-    file with the same configuration; ``progress``: a callable for messages (None: silent, no progress display);
-    ``command``: the command line quoted in the Markdown report.
+    the covariance samplers (e.g. ``{"cov_sigma_max": inf}``), each passed to those of the selected rows that
+    take it (a row's own options win) and refused (ValueError) if none does; ``resume``: reuse the finished
+    cells of an existing results file with the same configuration; ``progress``: a callable for messages
+    (None: silent, no progress display); ``command``: the command line quoted in the Markdown report.
     """
     from ._version import __version__
     from .progress import Progress
