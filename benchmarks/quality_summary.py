@@ -287,8 +287,8 @@ def half_widths(paths: list[str], table: str, rows: list[str] | None = None, nfe
     lines = ["| testbed (N, S) | metric | half-width / mean | cells under 10% |", "|---|---|---|---:|"]
     for model, state in states.items():
         cfg = state["config"]
-        base = [id(c) for c in envelope(state).values()] if rows and BEST_BASELINE in rows else []
-        cells = [c for c in state["cells"] if (labels is None or c["sampler"] in labels or id(c) in base)
+        base = list(envelope(state).values()) if rows and BEST_BASELINE in rows else []
+        cells = [c for c in state["cells"] if (labels is None or c["sampler"] in labels or any(c is b for b in base))
                  and (not nfes or c["nfe_budget"] in nfes)]
 
         def share(c, metric):

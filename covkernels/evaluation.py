@@ -196,7 +196,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     cells = {(c["table"], c["sampler"], c["nfe_budget"]): c for c in state["cells"]}
     tuned = {(t["sampler"], t["nfe_budget"], t["schedule"], t["sigma_min"]): t for t in state["tuning"]}
 
-    def run(label, nfe, sched, plan, run_seeds, scorer_for, n=num_samples):
+    def run(label, nfe, sched, plan, run_seeds, n=num_samples):
         steps, sigmas, used = plan
         per_seed, seconds, measured = [], [], []
         for s in run_seeds:
@@ -208,7 +208,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
             if abs(info["nfe_measured"] - used) > 1e-9:
                 raise RuntimeError(f"{label} at {nfe} NFE: the model was evaluated {info['nfe_measured']} times "
                                    f"per sample, the accounting says {used}")
-            per_seed.append(scorer_for(s)(x))
+            per_seed.append(scorer(s, n)(x))
             seconds.append(info["seconds_per_sample"])
             measured.append(info["nfe_measured"])
         return {"sampler": label, "nfe_budget": nfe, "schedule": sched["schedule"], "sigma_min": sched["sigma_min"],
@@ -238,7 +238,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                 if ("default", label, nfe) in cells:
                     bar.update(num_samples * nfe * seeds)
                 else:
-                    head, per_seed = run(label, nfe, default, plans[0][1], seed_list, scorer)
+                    head, per_seed = run(label, nfe, default, plans[0][1], seed_list)
                     if rank == 0:
                         record({"table": "default", **head, "seeds": seed_list,
                                 **summarize_seeds(_by_metric(per_seed))})
@@ -248,8 +248,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
             for sched, plan in plans:  # tuning on the held-out seed, the same candidates for every sampler
                 key = (label, nfe, sched["schedule"], sched["sigma_min"])
                 if key not in tuned:
-                    head, per_seed = run(label, nfe, sched, plan, [tune_seed], lambda s: scorer(s, tune_num),
-                                         n=tune_num)
+                    head, per_seed = run(label, nfe, sched, plan, [tune_seed], n=tune_num)
                     if rank == 0:
                         tuned[key] = {**{k: head[k] for k in ("sampler", "nfe_budget", "schedule", "sigma_min",
                                                                 "steps", "nfe")},
@@ -269,7 +268,7 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                 if rank == 0:
                     record({**cells["default", label, nfe], "table": "best", "vs_baseline": {}})
                 continue
-            head, per_seed = run(label, nfe, sched, plan, seed_list, scorer)
+            head, per_seed = run(label, nfe, sched, plan, seed_list)
             if rank == 0:
                 record({"table": "best", **head, "seeds": seed_list, **summarize_seeds(_by_metric(per_seed))})
     bar.close()
