@@ -13,11 +13,13 @@ import torch
 
 from ._version import __version__
 from .evaluation import EVAL_MODELS, NFES, TABLES, TUNE_SIGMA_MINS, VARIANTS
+from .grid import canonical_label
 from .cli_sample import cmd_sample
 from .ops.dispatch import BACKENDS
 from .jvp import STRATEGIES
 from .sampling import SAMPLERS
 from .samplers.api import DEFAULT_SAMPLER
+from .samplers.registry import spec
 from .schedules import SCHEDULES
 from .testbeds import testbed_names
 
@@ -27,6 +29,8 @@ def cmd_eval(args) -> int:
 
     options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
     command = args.command_line or "covkernels " + shlex.join(args.argv)
+    if args.samplers is not None:
+        args.samplers = [canonical_label(name) for name in args.samplers]  # a bad name: usage error, exit 2
     try:
         for model in args.model:
             evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
@@ -71,6 +75,7 @@ def info_dict() -> dict:
         "jvp_strategies": list(STRATEGIES),
         "jvp_auto_choices": [{"model": m, "signature": [list(c.signature[0]), str(c.signature[1]), c.signature[2]],
                               "chosen": c.strategy, "agreement": c.agreement, "seconds": c.seconds,
+                              "probe_batch": c.probe_batch, "probe_seconds": c.probe_seconds,
                               "skipped": c.skipped} for m, c in auto_choices()],
         "samplers": list(SAMPLERS),
     }
@@ -94,8 +99,8 @@ def print_info(info: dict | None = None, file=None) -> None:
         print("jvp=auto choices: none made in this process yet (see `covkernels info --probe-jvp gmm`)", file=out)
     for row in info["jvp_auto_choices"]:
         shape, dtype, dev = row["signature"]
-        print(f"jvp=auto for {row['model']} {tuple(shape)} {dtype} {dev}: {row['chosen']} ({row['agreement']})",
-              file=out)
+        print(f"jvp=auto for {row['model']}, samples of shape {tuple(shape)} {dtype} {dev}: {row['chosen']} "
+              f"({row['agreement']}; probe: {row['probe_batch']} sample(s), {row['probe_seconds']:.3g} s)", file=out)
         for name, why in row["skipped"].items():
             print(f"    {name}: {why}", file=out)
     print(f"samplers: {', '.join(info['samplers'])}", file=out)
@@ -131,6 +136,19 @@ def _add_run_options(p: argparse.ArgumentParser, sigma_min: float | None, schedu
     p.add_argument("--sigma-max", type=float, default=80.0, help="largest sigma (the initial noise level)")
     p.add_argument("--cov-sigma-max", type=float, default=None,
                    help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
+
+
+def _switch_sigma(text: str):
+    """``--switch-sigma``: 'end', 'auto' or a positive number."""
+    if text in ("end", "auto"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a sigma > 0, 'end' or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a sigma > 0, 'end' or 'auto', got {text!r}")
+    return value
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -169,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lanczos: Lanczos iterations (JVPs) per step (sampler default if unset: 3)")
     s.add_argument("--probes", type=int, default=None,
                    help="diag_hutchinson: Hutchinson probes (JVPs) per step (sampler default if unset: 1)")
+    s.add_argument("--ode", default=None, choices=[n for n in SAMPLERS if not spec(n).needs_jvp],
+                   help="ode_cov: the mean-only ODE sampler before the posterior draw (sampler default if unset: "
+                        "dpmpp_2m)")
+    s.add_argument("--switch-sigma", default=None, type=_switch_sigma, metavar="{SIGMA,end,auto}",
+                   help="ode_cov: where the ODE hands over to the covariance steps: a sigma, 'end' (the draw "
+                        "replaces the last step) or 'auto' (the Gaussianity diagnostic; sampler default if unset)")
+    s.add_argument("--covariance", default=None, choices=["identity", "dct", "convdct", "lanczos"],
+                   help="ode_cov: covariance of the posterior draw (sampler default if unset: dct; 'calibrated' "
+                        "needs a PosteriorSpectrum object: Python API only)")
     s.add_argument("--jvp", default=None, choices=STRATEGIES,
                    help="covariance samplers: JVP strategy (sampler default if unset: auto)")
     s.add_argument("--backend", default=None, choices=BACKENDS,
@@ -181,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="quality grid: samplers x NFE budgets, tables + plot under --out",
                        formatter_class=fmt)
     e.add_argument("--model", nargs="+", default=["gmm"], choices=list(EVAL_MODELS), help="one table per model")
-    e.add_argument("--samplers", nargs="+", default=None, choices=list(VARIANTS), metavar="LABEL",
-                   help=f"grid rows (default: all of {', '.join(VARIANTS)})")
+    e.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
+                   help=f"grid rows: labels ({', '.join(VARIANTS)}) or sampler names meaning the sampler at its "
+                        f"defaults (cov_ddim = cov_ddim/convdct, lanczos = lanczos/k3; default: every row)")
     e.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="NFE budgets")
     e.add_argument("--num-samples", type=int, default=1024, help="samples per cell and seed (N)")
     e.add_argument("--seeds", type=int, default=5,

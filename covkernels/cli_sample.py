@@ -4,13 +4,12 @@ The models and their metrics are those of the evaluation (:mod:`covkernels.testb
 any registered testbed and ``--num-eval`` samples are scored by that testbed's scorer (main metric, its
 floor, the other metrics).
 
-Which sampler options apply is read from the sampler functions' signatures (``get_sampler(name)``), so a
-sampler added to the registry is covered without edits here. Progress: one display over all batches and
+Which sampler options apply is read from the sampler registry (``spec(name).options()``), so a sampler
+added to the registry is covered without edits here. Progress: one display over all batches and
 one over the scoring (:class:`covkernels.progress.Progress`: a bar on a terminal, plain lines otherwise).
 """
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -24,7 +23,8 @@ from .schedules import get_sigmas
 
 # CLI flag of each sampler keyword the command exposes; a flag applies to a sampler whose function takes it.
 SAMPLER_FLAGS = {"eta": "--eta", "basis": "--basis", "block": "--block", "lanczos_steps": "--lanczos-steps",
-                 "probes": "--probes", "jvp": "--jvp", "backend": "--backend", "cov_sigma_max": "--cov-sigma-max"}
+                 "probes": "--probes", "jvp": "--jvp", "backend": "--backend", "cov_sigma_max": "--cov-sigma-max",
+                 "ode": "--ode", "switch_sigma": "--switch-sigma", "covariance": "--covariance"}
 
 # Below this many samples a Frechet distance is dominated by its small-sample bias (it shrinks like 1/N):
 # the README's tables use 512-1024. A run with fewer still prints the figure, with a warning.
@@ -34,7 +34,9 @@ MIN_EVAL_SAMPLES = 256
 def sampler_options(sampler: str, given: dict) -> dict:
     """The sampler keywords of the options the user gave (``None``: not given). Raises ValueError naming the
     sampler and the options it takes when a given option does not apply to it."""
-    params = inspect.signature(get_sampler(sampler)).parameters
+    from .samplers.registry import spec
+
+    params = spec(sampler).options()
     takes = [flag for name, flag in SAMPLER_FLAGS.items() if name in params]
     extra = [SAMPLER_FLAGS[name] for name, value in given.items() if value is not None and name not in params]
     if extra:
@@ -66,11 +68,17 @@ def min_eval_samples(testbed) -> int:
     return 4 if "precision" in testbed.metrics else 2
 
 
-def warnings_for(args, sigmas: torch.Tensor) -> list[str]:
+def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None) -> list[str]:
     """Configurations known to give meaningless output or figures (the run goes on; these go to stderr)."""
+    from .samplers.registry import spec
     from .testbeds import get_testbed
 
     out = []
+    steps = len(sigmas) - 1
+    if spec(args.sampler).needs_jvp and nfe_per_sample(args.sampler, sigmas, **(opts or {})) == steps:
+        out.append(f"{args.sampler} with {steps} step{'s' if steps != 1 else ''} takes no covariance step: the step "
+                   f"to sigma 0 returns the mean and steps from above --cov-sigma-max are plain DDIM steps, so this "
+                   f"samples like ddim; use more --steps (or a larger --cov-sigma-max)")
     positive = [float(s) for s in sigmas if s > 0]
     if args.sampler == "heun" and len(positive) == 2:
         out.append(f"heun with {len(sigmas) - 1} steps takes its only Heun step from sigma_max={positive[0]:g} "
@@ -94,18 +102,33 @@ def make_scorer(testbed, model, num_eval: int, seed: int):
         raise ValueError(f"--num-eval {num_eval} does not fit --model {testbed.name}: {exc}") from exc
 
 
+def _direction(value: float, floor: float, lower_is_better) -> str:
+    """What a good value of a metric is, and how far this one is from the floor (exact sampling's value)."""
+    if lower_is_better is None:
+        return "0 is ideal"
+    if lower_is_better and floor > 0 and value > 0:
+        return f"lower is better, {value / floor:.2g}x the floor"
+    return "lower is better" if lower_is_better else "higher is better"
+
+
 def quality_line(testbed, scorer, samples: torch.Tensor, progress) -> str:
-    """`` | <main metric title> (N=n): value (floor: <floor label> value); other metrics`` of ``samples (n,
-    *event_shape)`` scored by the testbed's scorer, as the evaluation tables score them."""
+    """`` | <main metric title> (N=n): value (floor: <floor label> value; direction); other metrics`` of
+    ``samples (n, *event_shape)`` scored by the testbed's scorer, as the evaluation tables score them. Each
+    metric says which way is better and, for a distance, its ratio to the floor: a value at the floor is as
+    good as the testbed's reference samples at the same N."""
     scores = scorer(samples)
     progress.update()
     floor = scorer.floor()
     progress.update()
     main = testbed.main_metric
-    others = ", ".join(f"{name} {scores[name]:.4g} (floor {floor[name]:.4g})" for name in testbed.metrics
+
+    def hint(name):
+        return _direction(scores[name], floor[name], testbed.metrics[name][1])
+
+    others = ", ".join(f"{name} {scores[name]:.4g} (floor {floor[name]:.4g}; {hint(name)})" for name in testbed.metrics
                        if name != main)
     return (f" | {testbed.metrics[main][0]} (N={samples.shape[0]}): {main} {scores[main]:.4g} "
-            f"(floor, {testbed.floor_label}: {floor[main]:.4g}); {others}")
+            f"(floor, {testbed.floor_label}: {floor[main]:.4g}; {hint(main)}); {others}")
 
 
 def cmd_sample(args) -> int:
@@ -122,7 +145,7 @@ def cmd_sample(args) -> int:
         scorer = make_scorer(testbed, model if device.type == "cpu" else testbed.load(), args.num_eval, args.seed)
     model = model.to(device)
     sigmas = get_sigmas(args.schedule, args.steps, args.sigma_min, args.sigma_max)
-    for message in warnings_for(args, sigmas):
+    for message in warnings_for(args, sigmas, opts):
         print(f"covkernels: warning: {message}", file=sys.stderr, flush=True)
     n_total = max(args.num, args.num_eval)
     chunks, start = [], time.perf_counter()
@@ -140,9 +163,7 @@ def cmd_sample(args) -> int:
     elapsed = time.perf_counter() - start
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_grid(samples[:args.num], args.out, scale=args.scale)
-    nfe_params = inspect.signature(nfe_per_sample).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in nfe_params.values())
-    nfe = nfe_per_sample(args.sampler, sigmas, **{k: v for k, v in opts.items() if takes_all or k in nfe_params})
+    nfe = nfe_per_sample(args.sampler, sigmas, **opts)
     line = (f"{args.sampler} on {args.model}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
             f"{elapsed:.2f} s")
     if scorer is not None:

@@ -24,10 +24,11 @@ import os
 
 import torch
 
-from .grid import (NFES, TUNE_SCHEDULES, TUNE_SIGMA_MINS, VARIANTS, CountingModel,  # noqa: F401
+from .grid import (NFES, TUNE_SCHEDULES, TUNE_SIGMA_MINS, VARIANTS, CountingModel, canonical_label,  # noqa: F401
                    broadcast_from_rank0, finish_distributed, generate, is_baseline, schedule_for, uses_covariance,
                    variant_options)
 from .intervals import annotate_paired, summarize_seeds
+from .report import MIN_SEEDS, few_seeds_note
 from .testbeds import get_testbed, testbed_names
 
 TUNING_SEED_OFFSET = 1_000_000  # the held-out tuning seed is seed + this; reported seeds stay below it
@@ -70,9 +71,6 @@ def _check(samplers, nfes, num_samples, seeds, batch_size, jvp, tables, tune_sch
     _int("num_samples", num_samples, 4)
     if _int("seeds", seeds, 2) >= TUNING_SEED_OFFSET:
         raise ValueError(f"seeds must be below {TUNING_SEED_OFFSET} (the tuning seed's offset), got {seeds}")
-    for label in samplers:
-        if label not in VARIANTS:
-            raise ValueError(f"samplers: unknown {label!r}; choose from {list(VARIANTS)}")
     if not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in nfes):
         raise ValueError(f"nfes must be int budgets >= 2, got {nfes}")
     if not tables or any(t not in TABLES for t in tables):
@@ -133,7 +131,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
     if tune_metric not in testbed.metrics or testbed.metrics[tune_metric][1] is None:
         raise ValueError(f"tune_metric must be a metric of {model!r} with a direction, one of "
                          f"{[m for m, (_, d) in testbed.metrics.items() if d is not None]}, got {tune_metric!r}")
-    samplers = list(dict.fromkeys(VARIANTS if samplers is None else samplers))  # repeats run once
+    samplers = list(dict.fromkeys(VARIANTS if samplers is None else
+                                  [canonical_label(label) for label in samplers]))  # repeats run once
     nfes = list(NFES) if nfes is None else list(dict.fromkeys(nfes))
     tables = list(dict.fromkeys(tables))
     if tune_schedules is None:
@@ -180,6 +179,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                              f"choose another output directory or start over with resume=False (--no-resume)")
         state = old
         say(f"resuming {path}: {len(old['cells'])} finished cells and {len(old['tuning'])} tuning runs kept")
+    if seeds < MIN_SEEDS:
+        say(f"warning: {few_seeds_note(seeds)}")
     net = testbed.load().to(device)
     score_net = net if torch.device(device).type == "cpu" else testbed.load()  # scoring runs on the CPU
     scorers: dict = {}

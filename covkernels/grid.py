@@ -39,6 +39,24 @@ def _grid_rows() -> dict:
 
 
 VARIANTS = _grid_rows()
+
+
+def canonical_label(name: str) -> str:
+    """The grid row a name means: a row label as it is, or a sampler's bare registry name meaning that sampler
+    at its defaults (``cov_ddim`` -> ``cov_ddim/convdct``, ``lanczos`` -> ``lanczos/k3``), so the names that
+    ``covkernels sample --sampler`` takes work here too. Raises ValueError listing both kinds."""
+    from .samplers.registry import names, spec
+
+    if name in VARIANTS:
+        return name
+    if name in names():
+        defaults = spec(name).defaults()
+        for label, (sampler, opts) in VARIANTS.items():
+            if sampler == name and all(defaults.get(k) == v for k, v in opts.items()):
+                return label
+    bare = [n for n in names() if n not in VARIANTS]
+    raise ValueError(f"samplers: unknown {name!r}; choose a grid row ({', '.join(VARIANTS)}) or a sampler name "
+                     f"meaning its defaults ({', '.join(bare)})")
 NFES = (4, 6, 8, 12, 16, 24, 32)
 # The schedule grid each sampler is tuned over (those of covkernels.schedules.SCHEDULES present at run time).
 TUNE_SCHEDULES = ("karras", "exponential", "cosine", "time_uniform")
@@ -100,7 +118,8 @@ def calibrated_spectrum(model, device):
 
 
 class CountingModel(torch.nn.Module):
-    """Wraps a denoiser and counts the rows it evaluates; a forward-AD (dual) input counts twice."""
+    """Wraps a denoiser and counts the rows it evaluates; a forward-AD (dual) input counts twice; the
+    ``jvp="auto"`` probe's calls are not the run's and are not counted."""
 
     def __init__(self, model):
         super().__init__()
@@ -110,8 +129,11 @@ class CountingModel(torch.nn.Module):
     def forward(self, x, sigma, **extra):
         from torch.autograd.forward_ad import unpack_dual
 
+        from .jvp import probing
+
         dual = unpack_dual(x).tangent is not None
-        self.rows += x.shape[0] * (2 if dual else 1)
+        if not probing():
+            self.rows += x.shape[0] * (2 if dual else 1)
         return self.model(x, sigma, **extra)
 
 

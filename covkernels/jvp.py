@@ -12,12 +12,17 @@ Strategies (``jvp=`` option of every covariance sampler):
   ``[x, x + h v]`` go through the model as ONE call of doubled batch: a JVP costs one extra batch row of
   model work and keeps every fused kernel of the model. Subsequent JVPs at the same x reuse the primal.
 * ``central_difference`` - ``(D(x + h v) - D(x - h v)) / 2h``, ``h ~ eps^(1/3)``; one more batch row.
-* ``auto`` - on the first call for a model and input signature (shape, dtype, device), runs
-  forward_ad, double_vjp and finite_difference, keeps those that run and give a finite result, checks
-  that each agrees with another within :data:`AGREEMENT_RTOL`, and picks the fastest agreeing one
-  (timed on a second run). The choice is cached per model object; :func:`auto_choices` (and
-  ``covkernels.info()``) report it with every skipped strategy's reason, and a debug log line is
-  written to the ``covkernels.jvp`` logger. If nothing works, :class:`JVPError` lists every reason.
+* ``auto`` - on the first call for a network and event signature (per-sample shape, dtype, device),
+  runs forward_ad, double_vjp and finite_difference on the first :data:`PROBE_BATCH` samples only, keeps
+  those that run and give a finite result, checks that each agrees with another within
+  :data:`AGREEMENT_RTOL`, and picks the fastest agreeing one (timed on a second run). The choice is cached
+  per *network*: wrappers (a diffusers or flow adapter, k-diffusion's ``inner_model`` wrappers, a counting
+  wrapper) are looked through, so a new wrapper object around the same network (the one-call diffusers
+  helper builds one per call) reuses it. :func:`auto_choices` (and ``covkernels.info()``) report every
+  decision of the process, also after its model is gone, with the probe's cost and every skipped
+  strategy's reason; an INFO line goes to the ``covkernels.jvp`` logger. The probe's model calls are not
+  the run's: :func:`probing` is True while they run, and evaluation-counting wrappers skip them. If
+  nothing works, :class:`JVPError` lists every reason.
 
 Tensor arguments: ``x``, ``v``: ``(B, ...)``; ``sigma``: ``(B,)``. Tensors in ``extra_args`` whose first
 dim is ``B`` are per-sample (repeated when the batch is doubled); everything else is passed unchanged.
@@ -26,6 +31,7 @@ All strategies run without keeping an autograd graph beyond their own call.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
@@ -91,11 +97,16 @@ def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
     return t.detach().flatten(1).to(torch.float64 if t.dtype == torch.float64 else torch.float32).norm(dim=1)
 
 
+def _per_sample(val, batch: int) -> bool:
+    """An ``extra_args`` value with one row per sample (sliced and repeated with the batch)."""
+    return isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape[0] == batch
+
+
 def repeat_extra(extra: dict, batch: int, times: int) -> dict:
     """``extra_args`` for a batch repeated ``times`` times (per-sample tensors concatenated)."""
     out = {}
     for key, val in extra.items():
-        if isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape[0] == batch:
+        if _per_sample(val, batch):
             out[key] = torch.cat([val] * times)
         else:
             out[key] = val
@@ -182,31 +193,64 @@ IMPLS = {
 
 @dataclasses.dataclass
 class AutoChoice:
-    """What ``auto`` decided for one model and input signature."""
+    """What ``auto`` decided for one network and event signature."""
 
     strategy: str
-    signature: tuple
+    signature: tuple  # (per-sample shape, dtype, device type)
     skipped: dict  # strategy -> reason it was not chosen (failed, non-finite, disagreed)
-    seconds: dict  # strategy -> time of one JVP with primal (second run)
+    seconds: dict  # strategy -> time of one probe JVP with primal (second run)
     agreement: str  # "forward_ad vs double_vjp: rel. diff 3.1e-07", or why it is unverified
+    model: str = ""  # the wrapper chain, e.g. "DiffusersDenoiser(UNet2DModel)"
+    probe_batch: int = 0  # samples the probe ran on
+    probe_seconds: float = 0.0  # wall time of the whole probe (every strategy, both runs)
 
+
+# Samples the `auto` probe runs on: two, not one, so that a model whose answer depends on the batch (the
+# doubled batch of a finite difference) still disagrees with the exact strategies and is caught.
+PROBE_BATCH = 2
+# Attributes through which a wrapper exposes the network it wraps (k-diffusion's wrappers, our adapters and
+# counting wrapper): the choice is the network's, whatever wrapper object is around it.
+WRAPPED_ATTRIBUTES = ("inner_model", "unet", "transformer", "net", "model")
 
 _auto_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _auto_cache_by_id: dict = {}
+_history: list = []  # every decision of the process, in order (no model references)
+_probing = contextvars.ContextVar("covkernels_jvp_probing", default=False)
 
 
-def _cache_for(model) -> dict:
+def probing() -> bool:
+    """True while ``jvp="auto"`` probes strategies: model calls made now are not part of a run (a wrapper
+    that counts a run's evaluations skips them)."""
+    return _probing.get()
+
+
+def _network(model) -> tuple[object, str]:
+    """``(network, description)``: ``model`` with its wrappers looked through, and the wrapper chain."""
+    names, inner = [], model
+    for _ in range(8):
+        names.append(type(inner).__name__)
+        nxt = next((getattr(inner, a) for a in WRAPPED_ATTRIBUTES
+                    if isinstance(getattr(inner, a, None), torch.nn.Module)), None)
+        if nxt is None or nxt is inner:
+            break
+        inner = nxt
+    return inner, "(".join(names) + ")" * (len(names) - 1)
+
+
+def _cache_for(network) -> dict:
     try:
-        return _auto_cache.setdefault(model, {})
+        return _auto_cache.setdefault(network, {})
     except TypeError:  # not weak-referenceable (e.g. a bound method): key by id for this process
-        return _auto_cache_by_id.setdefault(id(model), {})
+        return _auto_cache_by_id.setdefault(id(network), {})
+
+
+def _signature(x: torch.Tensor) -> tuple:
+    return (tuple(x.shape[1:]), x.dtype, x.device.type)
 
 
 def auto_choices() -> list[tuple[str, AutoChoice]]:
-    """``[(model description, AutoChoice)]`` of every ``auto`` decision made in this process."""
-    rows = [(type(m).__name__, c) for m, per in list(_auto_cache.items()) for c in per.values()]
-    rows += [(f"object id {k}", c) for k, per in _auto_cache_by_id.items() for c in per.values()]
-    return rows
+    """``[(model description, AutoChoice)]`` of every ``auto`` decision made in this process, oldest first."""
+    return [(c.model, c) for c in _history]
 
 
 def _sync(x: torch.Tensor) -> None:
@@ -219,9 +263,9 @@ def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(torch.finfo(torch.float64).tiny))
 
 
-def _select(model, x, sigma, v, extra, primal):
-    """Run the candidates, keep the agreeing ones, cache and return ``(AutoChoice, result of the choice)``."""
-    signature = (tuple(x.shape), x.dtype, x.device.type)
+def _run_candidates(model, x, sigma, v, extra, primal):
+    """``(results, seconds, skipped)`` of every strategy of the probe, or ``(None, result)`` when the model's
+    own output is not finite."""
     results, seconds, skipped = {}, {}, {}
     for name in _AUTO_ORDER:
         try:
@@ -238,15 +282,18 @@ def _select(model, x, sigma, v, extra, primal):
             results[name] = result
         except Exception as exc:  # noqa: BLE001 - every failure is reported
             skipped[name] = f"{type(exc).__name__}: {exc}".strip()[:400]
-    if not results:
-        raise JVPError("no JVP strategy works on this model:\n" + "\n".join(f"  {k}: {r}" for k, r in skipped.items()))
+    return (results, seconds, skipped), None
+
+
+def _agreeing(results: dict, dtype) -> tuple[dict, list]:
+    """``({strategy: agreement note}, [disagreement notes])``."""
     agreeing, notes = {}, []
     for a in results:
         for b in results:
             if a == b:
                 continue
             kind = "exact" if a in EXACT and b in EXACT else "difference"
-            diff, tol = _rel_diff(results[a][1], results[b][1]), AGREEMENT_RTOL[kind][x.dtype]
+            diff, tol = _rel_diff(results[a][1], results[b][1]), AGREEMENT_RTOL[kind][dtype]
             if diff <= tol:
                 agreeing[a] = f"{a} vs {b}: rel. diff {diff:.2g} (tolerance {tol:g})"
             elif a < b:
@@ -254,6 +301,30 @@ def _select(model, x, sigma, v, extra, primal):
     if len(results) == 1:
         (name,) = results
         agreeing[name] = "unverified: no second strategy runs on this model"
+    return agreeing, notes
+
+
+def _select(model, x, sigma, v, extra, primal):
+    """Probe the candidates on the first :data:`PROBE_BATCH` samples, keep the agreeing ones, cache and
+    return ``(AutoChoice or None, the probe's result when it covered the whole batch, else None)``."""
+    b = min(x.shape[0], PROBE_BATCH)
+    whole = b == x.shape[0]
+    if not whole:
+        extra = {k: val[:b] if _per_sample(val, x.shape[0]) else val for k, val in extra.items()}
+        x, sigma, v = x[:b], sigma[:b], v[:b]
+        primal = None if primal is None else primal[:b]
+    token = _probing.set(True)
+    start = time.perf_counter()
+    try:
+        probe, nonfinite = _run_candidates(model, x, sigma, v, extra, primal)
+    finally:
+        _probing.reset(token)
+    if probe is None:
+        return None, nonfinite if whole else None
+    results, seconds, skipped = probe
+    if not results:
+        raise JVPError("no JVP strategy works on this model:\n" + "\n".join(f"  {k}: {r}" for k, r in skipped.items()))
+    agreeing, notes = _agreeing(results, x.dtype)
     if not agreeing:
         raise JVPError("JVP strategies disagree on this model: " + "; ".join(notes))
     for name in results:
@@ -263,25 +334,33 @@ def _select(model, x, sigma, v, extra, primal):
     for name in agreeing:
         if name != chosen:
             skipped[name] = f"slower ({seconds[name]:.3g} s vs {seconds[chosen]:.3g} s)"
-    choice = AutoChoice(chosen, signature, skipped, seconds, agreeing[chosen])
-    _cache_for(model)[signature] = choice
-    log.debug("jvp=auto chose %s for %s %s (%s; skipped: %s)", chosen, type(model).__name__, signature,
-              choice.agreement, skipped or "none")
-    return choice, results[chosen]
+    network, description = _network(model)
+    choice = AutoChoice(chosen, _signature(x), skipped, seconds, agreeing[chosen], description, b,
+                        time.perf_counter() - start)
+    _cache_for(network)[(description, choice.signature)] = choice
+    _history.append(choice)
+    log.info("jvp=auto chose %s for %s %s after a %.3g s probe on %d sample(s) (%s; skipped: %s)", chosen,
+             description, choice.signature, choice.probe_seconds, b, choice.agreement, skipped or "none")
+    return choice, results[chosen] if whole else None
 
 
 def resolve(model, x, sigma, v, extra, primal, strategy):
     """``(strategy name, result or None)``: the concrete strategy ``strategy`` means for this call. For a
-    fresh ``auto`` decision the probe's result is returned too (no work is wasted); a model whose primal is
-    non-finite gives ``(None, result)`` so the caller can report the NaN with its context."""
+    fresh ``auto`` decision whose probe covered the whole batch the probe's result is returned too (no work
+    is wasted); a model whose primal is non-finite gives ``(None, result)`` so the caller can report the NaN
+    with its context (``(None, None)`` when the probe saw it on part of the batch: the caller's own call
+    then reports it)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"jvp must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "auto":
         return strategy, None
-    cached = _cache_for(model).get((tuple(x.shape), x.dtype, x.device.type))
+    network, description = _network(model)
+    cached = _cache_for(network).get((description, _signature(x)))
     if cached is not None:
         return cached.strategy, None
     choice, result = _select(model, x, sigma, v, extra, primal)
+    if choice is None and result is None:
+        return "finite_difference", None  # the primal is NaN/Inf: any strategy's call reports it
     return (choice.strategy if choice is not None else None), result
 
 

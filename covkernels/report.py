@@ -18,6 +18,9 @@ import textwrap
 from .testbeds import all_metrics, get_testbed
 
 TABLE_TITLES = {"default": "common default schedule", "best": "each sampler at its best schedule"}
+# The project's rule for a quality claim: at least this many seeds. Fewer still run, with a warning (the
+# Student-t 95% factor is 12.7 at 2 seeds, 2.8 at 5), and the reports say so.
+MIN_SEEDS = 5
 
 
 def metrics_of(state: dict) -> dict:
@@ -98,6 +101,8 @@ def markdown(state: dict, command: str | None = None) -> str:
               "primal another). Against the best baseline (mean-only sampler) of each column, paired over seeds: "
               "**bold** = better with a 95% interval excluding 0, (-) = worse likewise, *italics* = that baseline.",
               ""]
+    if len(seeds) < MIN_SEEDS:
+        lines += [f"**Few seeds:** {few_seeds_note(len(seeds))}", ""]
     if "best" in cfg.get("tables", []):
         lines += [f"Best schedule: per sampler and budget the best of {tuning.get('schedules')} x sigma_min "
                   f"{tuning.get('sigma_mins')} (and the default) in `{tuning.get('metric')}` on the held-out seed "
@@ -131,6 +136,15 @@ def markdown(state: dict, command: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def few_seeds_note(seeds: int) -> str:
+    """Why a grid with fewer than :data:`MIN_SEEDS` seeds gives intervals too wide to decide much."""
+    from .intervals import t_quantile
+
+    return (f"S = {seeds} seeds: the 95% intervals use Student's t with {seeds - 1} degree(s) of freedom (factor "
+            f"{t_quantile(0.975, seeds - 1):.1f}, against {t_quantile(0.975, MIN_SEEDS - 1):.1f} at {MIN_SEEDS} seeds), so they "
+            f"can be wider than the values; quality claims here use >= {MIN_SEEDS} seeds (--seeds)")
+
+
 def _csv_row(cell: dict) -> dict:
     row = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in cell.items() if k != "vs_baseline"}
     for metric, vs in cell.get("vs_baseline", {}).items():
@@ -159,8 +173,11 @@ def write_reports(state: dict, out_dir: str, command: str | None = None) -> list
 
 
 def plot(state: dict, path: str, return_figure: bool = False):
-    """Main metric vs NFE spent, mean and 95% interval per sampler, one panel per table. Returns False without
-    matplotlib; with ``return_figure`` the open figure instead of closing it (tests measure its layout)."""
+    """Main metric vs NFE budget, mean and 95% interval per sampler, one panel per table, the legend beside
+    the panels (never over the lines). A cell is drawn at its budget, the column of the tables, not at the
+    NFE it spent (a 6-NFE cell of a 2-NFE-per-step sampler spends 5): two budgets whose cells spend the same
+    would otherwise fall on one point. Returns False without matplotlib; with ``return_figure`` the open
+    figure instead of closing it (tests measure its layout)."""
     try:
         import matplotlib
 
@@ -170,46 +187,57 @@ def plot(state: dict, path: str, return_figure: bool = False):
         return False
     metric = main_metric(state)
     tables = state["config"].get("tables", ["default"])
-    fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), dpi=110, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables) + 2.5, 4.8), dpi=110, sharey=True,
+                             squeeze=False)
     colours = plt.get_cmap("tab20").colors
-    values, ends, spent, floor = [], [], set(), (state.get("floor") or {}).get(metric)
+    values, ends, budgets, floor = [], [], set(), (state.get("floor") or {}).get(metric)
     for ax, which in zip(axes[0], tables):
         for i, (label, r) in enumerate(table(state, metric, which).items()):
             nfes = sorted(r)
             mean = [r[n][metric] for n in nfes]
             lo, hi = zip(*(_error_bar(r[n], metric) for n in nfes))
-            ax.errorbar([r[n]["nfe"] for n in nfes], mean, yerr=[lo, hi], fmt="--" if is_mean_only(label) else "-",
+            ax.errorbar(nfes, mean, yerr=[lo, hi], fmt="--" if is_mean_only(label) else "-",
                         marker="o", ms=3, capsize=2, lw=1, label=label, color=colours[(2 * i) % 20 + (2 * i) // 20])
             values += [m for m in mean if math.isfinite(m) and m > 0]
             # a lower end at or below 0 has no place on the log axis: its whisker runs off the bottom
             ends += [m - d for m, d in zip(mean, lo) if math.isfinite(m) and 0 < d < 0.999 * m]
             ends += [m + u for m, u in zip(mean, hi) if math.isfinite(m + u)]
-            spent.update(r[n]["nfe"] for n in nfes)
+            budgets.update(nfes)
         if floor is not None and math.isfinite(floor) and floor > 0:
             ax.axhline(floor, color="grey", lw=0.8, ls=":", label="floor")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(spent), [str(n) for n in sorted(spent)])
+        ax.set_xticks(sorted(budgets), [str(n) for n in sorted(budgets)])
         ax.minorticks_off()
         ax.set_yscale("log")
-        ax.set_xlabel("NFE per sample (spent)")
+        ax.set_xlabel("NFE budget per sample")
         ax.set_title(TABLE_TITLES.get(which, which), fontsize=10)
-        ax.legend(fontsize=7, ncol=2)
-    if values:  # a diverging sampler at its smallest budget would squash every other line: cut at 5x the median
-        values.sort()
-        cap = 5 * values[len(values) // 2]
-        ends = [e for e in ends if e <= cap] + values
-        low = min(ends + ([floor] if floor is not None and math.isfinite(floor) and floor > 0 else []))
-        axes[0][0].set_ylim(0.8 * low, min(max(ends), cap) * 1.25)
+    _limit_y(axes[0][0], values, ends, floor)
     # a long metric title as one line runs off the figure's edge: wrap it and let the layout make room
     axes[0][0].set_ylabel("\n".join(textwrap.wrap(metrics_of(state)[metric][0] + " (mean, 95% CI)", 42)))
     cfg = state["config"]
-    fig.suptitle(f"{cfg['model']}: N = {cfg['num_samples']} per seed, {len(cfg.get('seeds', [0]))} seeds per point")
-    fig.tight_layout()
+    seeds = len(cfg.get("seeds", [0]))
+    fig.suptitle(f"{cfg['model']}: N = {cfg['num_samples']} per seed, {seeds} seeds per point"
+                 + (f" (fewer than {MIN_SEEDS}: wide intervals)" if seeds < MIN_SEEDS else ""))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 6.5 * len(tables) / (6.5 * len(tables) + 2.5), 1))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(6.5 * len(tables) / (6.5 * len(tables) + 2.5), 0.5),
+               fontsize=7, frameon=False)
     fig.savefig(path)
     if return_figure:
         return fig
     plt.close(fig)
     return True
+
+
+def _limit_y(ax, values: list, ends: list, floor) -> None:
+    """A diverging sampler at its smallest budget would squash every other line: cut at 5x the median."""
+    if not values:
+        return
+    values.sort()
+    cap = 5 * values[len(values) // 2]
+    ends = [e for e in ends if e <= cap] + values
+    low = min(ends + ([floor] if floor is not None and math.isfinite(floor) and floor > 0 else []))
+    ax.set_ylim(0.8 * low, min(max(ends), cap) * 1.25)
 
 
 def _error_bar(cell: dict, metric: str) -> tuple[float, float]:

@@ -83,7 +83,10 @@ def test_a_newly_registered_sampler_is_covered_without_edits(monkeypatch):
     def sample_brand_new(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.5, probes=1):
         return x
 
-    monkeypatch.setattr(cli_sample, "get_sampler", lambda name: sample_brand_new)
+    from covkernels.samplers import registry
+
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))  # undone after the test
+    registry.register("brand_new", family="ancestral", summary="test")(sample_brand_new)
     assert cli_sample.sampler_options("brand_new", {"eta": 0.1, "probes": 2}) == {"eta": 0.1, "probes": 2}
     with pytest.raises(ValueError, match="brand_new takes: --eta, --probes"):
         cli_sample.sampler_options("brand_new", {"basis": "dct"})

@@ -1,0 +1,103 @@
+"""``jvp="auto"``: the probe is small, runs once per network and event signature (whatever wrapper object
+or batch size), is reported after its model is gone, and its calls are not the run's evaluations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import covkernels as ck
+from conftest import gen, tiny_unet
+from covkernels import jvp as jvp_engine
+from covkernels.grid import CountingModel
+
+
+class Net(torch.nn.Module):
+    """A smooth network that records the batch size of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, sigma):
+        self.batches.append(x.shape[0])
+        return torch.tanh(x) / (1 + sigma.view(-1, *[1] * (x.dim() - 1)) ** 2)
+
+
+class Wrapper(torch.nn.Module):
+    """An adapter-like wrapper around a network (as DiffusersDenoiser is around its UNet)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, sigma):
+        return 2 * self.net(x, sigma)
+
+
+def _decisions_for(description: str) -> list:
+    return [c for name, c in jvp_engine.auto_choices() if name == description]
+
+
+def test_probe_runs_on_a_small_batch_and_is_reported():
+    net = Net()
+    x = torch.randn(8, 1, 4, 4, generator=gen(0))
+    _, jv = jvp_engine.jvp(net, x, torch.full((8,), 0.5), torch.ones_like(x))
+    expected = (1 - torch.tanh(x) ** 2) / 1.25
+    torch.testing.assert_close(jv, expected, rtol=2e-2, atol=2e-3)
+    probe_calls = net.batches[:-1]  # the last call is the chosen strategy on the whole batch
+    assert probe_calls and max(probe_calls) <= 2 * jvp_engine.PROBE_BATCH
+    (choice,) = _decisions_for("Net")
+    assert choice.probe_batch == jvp_engine.PROBE_BATCH and choice.probe_seconds > 0
+    assert choice.signature == ((1, 4, 4), torch.float32, "cpu")
+
+
+def test_one_probe_per_network_across_wrappers_and_batch_sizes():
+    net = Net()
+    for batch in (4, 3, 4):  # a new wrapper object each call, and a smaller last chunk
+        x = torch.randn(batch, 2, 4, 4, generator=gen(batch))
+        jvp_engine.jvp(Wrapper(net), x, torch.ones(batch), torch.ones_like(x))
+    assert len(_decisions_for("Wrapper(Net)")) == 1
+    calls_after_probe = len(net.batches)
+    jvp_engine.jvp(Wrapper(net), x, torch.ones(4), torch.ones_like(x))
+    assert len(net.batches) == calls_after_probe + 1  # every strategy: one model call, no new probe
+
+
+def test_decision_outlives_its_model_in_info(capsys):
+    jvp_engine.jvp(Wrapper(Net()), torch.randn(3, 5), torch.ones(3), torch.ones(3, 5))
+    import gc
+
+    gc.collect()
+    ck.info()
+    out = capsys.readouterr().out
+    assert "jvp=auto for Wrapper(Net), samples of shape (5,)" in out
+    assert "probe: 2 sample(s)" in out
+
+
+@pytest.mark.parametrize("sampler", ["cov_ddim", "lanczos"])
+def test_probe_calls_are_not_counted_as_the_runs_evaluations(sampler):
+    """The counting wrapper of the evaluation sees exactly the sampler's NFE with jvp="auto"."""
+    model = CountingModel(Wrapper(Net()))
+    sigmas = ck.karras_sigmas(4, 0.1, 10.0)
+    x = torch.randn(6, 1, 8, 8, generator=gen(1)) * sigmas[0]
+    ck.get_sampler(sampler)(model, x, sigmas, disable=True, generator=gen(2), jvp="auto",
+                            cov_sigma_max=float("inf"), **({"basis": "dct"} if sampler == "cov_ddim" else {}))
+    strategy = _decisions_for("CountingModel(Wrapper(Net))")[-1].strategy
+    nfe = ck.nfe_per_sample(sampler, sigmas, cov_sigma_max=float("inf"))
+    # forward-AD evaluates the primal and the tangent in one dual call (counted twice): the same total
+    assert strategy in jvp_engine.STRATEGIES
+    assert model.rows == nfe * x.shape[0]
+
+
+def test_diffusers_one_call_helper_probes_once():
+    diffusers = pytest.importorskip("diffusers")
+    from covkernels.adapters.diffusers import sample
+
+    unet = tiny_unet().float()
+    sched = diffusers.DDIMScheduler(clip_sample=False)
+    before = len(jvp_engine.auto_choices())
+    for seed in (0, 1):
+        out = sample(unet, sched, sampler="cov_ddim", num_inference_steps=3, batch_size=3, generator=gen(seed),
+                     disable=True, cov_sigma_max=float("inf"))
+        assert out.shape == (3, 3, 16, 16) and bool(torch.isfinite(out).all())
+    new = jvp_engine.auto_choices()[before:]
+    assert [name for name, _ in new] == ["DiffusersDenoiser(UNet2DModel)"]
