@@ -1,33 +1,27 @@
 """covkernels: covariance-aware diffusion samplers (covariance-aware DDIM, Lanczos Gaussian Sampler) and
 the standard baselines, k-diffusion-compatible, with fused kernels under them.
 
-Importing covkernels never queries a GPU and needs no compiler.
+Importing covkernels never queries a GPU and needs no compiler. It imports nothing else either: the public
+names below are loaded on first use (PEP 562), so ``covkernels --help``, ``covkernels --version`` and a
+module that only needs ``covkernels._C`` or ``covkernels.ops`` do not pay for torch and the sampler stack.
 """
 from __future__ import annotations
 
-from ._version import __version__  # noqa: E402,F401
+import importlib
 
-from .samplers import (  # noqa: E402
-    SAMPLERS,
-    calibrate_addim_variance,
-    calibrate_spectrum,
-    PosteriorSpectrum,
-    get_sampler,
-    nfe_per_sample,
-    sample,
-)
-from .samplers import *  # noqa: E402,F401,F403  (every sample_<name> of the registry)
-from . import sampling  # noqa: E402,F401  (the old public module, kept importable)
-from .schedules import (  # noqa: E402
-    alphas_cumprod_to_sigmas,
-    exponential_sigmas,
-    get_sigmas,
-    karras_sigmas,
-    linear_beta_sigmas,
-    vp_sigmas,
-)
-from .guidance import Guidance, cfg_denoiser  # noqa: E402
-from .steps import NonFiniteError, NonFiniteFallbackWarning  # noqa: E402
+from ._version import __version__  # noqa: F401
+
+# public name -> the submodule that defines it
+_PUBLIC = {
+    **dict.fromkeys(("SAMPLERS", "calibrate_addim_variance", "calibrate_spectrum", "PosteriorSpectrum",
+                     "get_sampler", "nfe_per_sample", "sample"), ".samplers"),
+    **dict.fromkeys(("alphas_cumprod_to_sigmas", "exponential_sigmas", "get_sigmas", "karras_sigmas",
+                     "linear_beta_sigmas", "vp_sigmas"), ".schedules"),
+    "Guidance": ".guidance", "cfg_denoiser": ".guidance",
+    "NonFiniteError": ".steps", "NonFiniteFallbackWarning": ".steps",
+}
+# submodules reachable as attributes without an import statement, as before (``covkernels.sampling.X``)
+_SUBMODULES = ("sampling", "samplers", "schedules", "guidance", "steps", "jvp", "ops", "adapters", "models")
 
 
 def info(file=None) -> None:
@@ -36,9 +30,27 @@ def info(file=None) -> None:
 
     print_info(file=file)
 
-__all__ = [
-    "SAMPLERS", "get_sampler", "sample", "nfe_per_sample", "calibrate_addim_variance", "calibrate_spectrum",
-    "PosteriorSpectrum", "alphas_cumprod_to_sigmas",
-    "exponential_sigmas", "get_sigmas", "karras_sigmas", "linear_beta_sigmas", "vp_sigmas", "NonFiniteError",
-    "NonFiniteFallbackWarning", "Guidance", "cfg_denoiser", "info", "__version__",
-] + [f"sample_{name}" for name in SAMPLERS]
+
+def _sampler_functions() -> list[str]:
+    from .samplers import SAMPLERS
+
+    return [f"sample_{name}" for name in SAMPLERS]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    elif name.startswith("sample_") and name in _sampler_functions():
+        value = getattr(importlib.import_module(".samplers", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name == "__all__":
+        value = ["info", "__version__", *_PUBLIC, *_sampler_functions()]
+    else:
+        raise AttributeError(f"module 'covkernels' has no attribute {name!r}")
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC) | set(_SUBMODULES) | set(_sampler_functions()))

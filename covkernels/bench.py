@@ -291,10 +291,9 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def add_bench_parser(sub) -> None:
-    """Register ``covkernels bench`` on the CLI's subparsers."""
-    p = sub.add_parser("bench", help="per-step overhead on a model: forward, JVPs, non-model part of each sampler "
-                                     "step per backend, as ratios", description=__doc__.split("\n")[0],
+def add_bench_parser(sub, help_text: str) -> None:
+    """Register ``covkernels bench`` on the CLI's subparsers (``help_text``: its line in the top-level help)."""
+    p = sub.add_parser("bench", help=help_text, description=__doc__.split("\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="digits",
                    help=f"built-in ({', '.join(BUILTIN_MODELS)}; unet64/unet256: seeded random diffusers "

@@ -1,5 +1,11 @@
 """Command line: ``covkernels sample`` (image grid + quality figure), ``covkernels eval`` (the quality grid,
-:mod:`covkernels.evaluation`) and ``covkernels info``."""
+:mod:`covkernels.evaluation`), ``covkernels bench`` and ``covkernels info``.
+
+Start-up: this module imports neither torch nor the sampler stack at import time; ``covkernels``,
+``covkernels --help`` and ``covkernels --version`` answer from :data:`SUBCOMMANDS` alone (tens of
+milliseconds), and a subcommand (its ``--help`` included) imports what it needs (about a second, most of
+it torch's own import).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,23 +15,24 @@ import os
 import platform
 import sys
 
-import torch
-
 from ._version import __version__
-from .evaluation import EVAL_MODELS, NFES, TABLES, TUNE_SIGMA_MINS, VARIANTS
-from .grid import canonical_label
-from .cli_sample import cmd_sample
-from .ops.dispatch import BACKENDS
-from .jvp import STRATEGIES
-from .sampling import SAMPLERS
-from .samplers.api import DEFAULT_SAMPLER
-from .samplers.registry import spec
-from .schedules import SCHEDULES
-from .testbeds import testbed_names
+
+# The subcommands and their one-line help: the top-level help is printed from these without importing torch.
+SUBCOMMANDS = {
+    "sample": "sample a testbed's model, write a PNG grid, print its quality figure",
+    "eval": "quality grid: samplers x NFE budgets, tables + plot under --out",
+    "info": "versions, devices, available backends and why the others are not",
+    "bench": "per-step overhead on a model: forward, JVPs, non-model part of each sampler step per backend, "
+             "as ratios",
+}
+DESCRIPTION = "covariance-aware diffusion samplers"
 
 
 def cmd_eval(args) -> int:
+    import torch
+
     from .evaluation import evaluate, finish_distributed
+    from .grid import canonical_label
 
     options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
     command = args.command_line or "covkernels " + shlex.join(args.argv)
@@ -49,7 +56,10 @@ def cmd_eval(args) -> int:
 
 
 def info_dict() -> dict:
+    import torch
+
     from .jvp import STRATEGIES, auto_choices
+    from .samplers import SAMPLERS
     from .executor import cuda_extension
     from .ops.dispatch import backend_status, extension_status
 
@@ -107,6 +117,8 @@ def print_info(info: dict | None = None, file=None) -> None:
 
 
 def cmd_info(args) -> int:
+    import torch
+
     if args.probe_jvp:
         from .jvp import jvp
         from .models import get_model
@@ -124,6 +136,8 @@ def cmd_info(args) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser, sigma_min: float | None, schedule: str | None = "karras") -> None:
     """The options ``sample`` and ``eval`` share: batching, seed, device, schedule, covariance window."""
+    from .schedules import SCHEDULES
+
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per sampler call (results do not depend on it: the noise is counter-based)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run's torch.Generator")
@@ -158,14 +172,33 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="covkernels", description="covariance-aware diffusion samplers")
-    fmt = _DefaultsHelpFormatter
+def _top_parser() -> tuple[argparse.ArgumentParser, object]:
+    """The top level: ``--version`` and the subcommands' names and help, nothing imported."""
+    p = argparse.ArgumentParser(prog="covkernels", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"covkernels {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    return p, p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sample", help="sample a testbed's model, write a PNG grid, print its quality figure",
-                       formatter_class=fmt)
+
+def _top_level_only(argv: list[str]) -> bool:
+    """No subcommand to run: the answer (help, version, a usage error) needs only :func:`_top_parser`."""
+    return not argv or argv[0].startswith("-") or argv[0] not in SUBCOMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_sample import cmd_sample
+    from .evaluation import EVAL_MODELS, NFES, TABLES, TUNE_SIGMA_MINS, VARIANTS
+    from .jvp import STRATEGIES
+    from .ops.dispatch import BACKENDS
+    from .samplers import SAMPLERS
+    from .samplers.api import DEFAULT_SAMPLER
+    from .samplers.registry import spec
+    from .schedules import SCHEDULES
+    from .testbeds import testbed_names
+
+    p, sub = _top_parser()
+    fmt = _DefaultsHelpFormatter
+
+    s = sub.add_parser("sample", help=SUBCOMMANDS["sample"], formatter_class=fmt)
     s.add_argument("--model", default="gmm", choices=testbed_names(),
                    help="a testbed of the evaluation (covkernels.testbeds): its model is sampled and --num-eval "
                         "samples are scored with its metrics")
@@ -205,8 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress (otherwise a bar on a terminal, plain lines on stderr elsewhere)")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("eval", help="quality grid: samplers x NFE budgets, tables + plot under --out",
-                       formatter_class=fmt)
+    e = sub.add_parser("eval", help=SUBCOMMANDS["eval"], formatter_class=fmt)
     e.add_argument("--model", nargs="+", default=["gmm"], choices=list(EVAL_MODELS), help="one table per model")
     e.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
                    help=f"grid rows: labels ({', '.join(VARIANTS)}) or sampler names meaning the sampler at its "
@@ -234,21 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    i = sub.add_parser("info", help="versions, devices, available backends and why the others are not")
+    i = sub.add_parser("info", help=SUBCOMMANDS["info"])
     i.add_argument("--json", action="store_true", help="the same report as JSON (for scripts and bug reports)")
     i.add_argument("--probe-jvp", choices=["gmm", "gaussian"], default=None,
                    help="run the jvp=auto selection on a built-in model first and report it")
     i.set_defaults(func=cmd_info)
 
     from .bench import add_bench_parser  # the whole bench command lives in covkernels/bench.py
-    add_bench_parser(sub)
+    add_bench_parser(sub, SUBCOMMANDS["bench"])
     return p
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _top_level_only(argv):
+        top, sub = _top_parser()
+        for name, text in SUBCOMMANDS.items():
+            sub.add_parser(name, help=text)
+        top.parse_args(argv)  # prints the help / version / usage error and exits
+    import torch
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     if args.command in ("sample", "eval"):
         for name in ("num", "num_samples", "batch_size", "steps"):
             if not hasattr(args, name):

@@ -107,3 +107,20 @@ def test_demo_metrics_say_which_way_is_better(tmp_path):
                               "--num-eval", "16", "--quiet", "--out", "g.png"], tmp_path)
     assert code == 0, err
     assert "lower is better, " in out and "x the floor" in out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], []], ids=["help", "version", "no-command"])
+def test_top_level_cli_answers_without_importing_torch(argv, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom covkernels.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)" % argv)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.stderr.strip().endswith("NO TORCH"), proc.stderr
+    assert ("covkernels" in proc.stdout) or ("required: command" in proc.stderr)
+
+
+def test_subcommand_help_still_lists_its_choices(tmp_path):
+    code, out, err = run_cli(["sample", "--help"], tmp_path)
+    assert code == 0 and "--switch-sigma" in out and "ode_cov" in out
