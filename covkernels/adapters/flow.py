@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from .guards import covariance_window, warn_if_latent
+
 PREDICTIONS = ("velocity", "x0", "epsilon")
 
 
@@ -217,7 +219,8 @@ def flow_times(steps: int, shift: float | None = None, mu: float | None = None, 
 # -- sampling from pure noise ----------------------------------------------------------------------------------
 def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tensor | None = None, shape=None,
                 generator: torch.Generator | None = None, extra_args: dict | None = None, guidance=None,
-                disable=None, dtype: torch.dtype = torch.float32, device=None, **options) -> torch.Tensor:
+                disable=None, dtype: torch.dtype = torch.float32, device=None, data_range=(-1.0, 1.0),
+                **options) -> torch.Tensor:
     """Sample a flow model with a registered sampler; returns the final state in the model's own space
     (``z``; at a final sigma of 0 that is the clean sample itself).
 
@@ -229,38 +232,55 @@ def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tenso
     ``z_0 = k eps`` at the first time is kept also when that time is below 1 (``x_0 = (k + sigma_0) eps``).
     ``guidance``: a :class:`covkernels.Guidance` (or scale) for the conditional ``extra_args``: passed to
     samplers that take it, else through ``covkernels.cfg_denoiser``. ``options`` go to the sampler.
+    ``data_range``: the model's data range, which scales the covariance samplers' default window
+    (``cov_sigma_max`` 1.0 for [-1, 1]); they warn when it covers few steps
+    (:class:`~covkernels.adapters.guards.CovarianceWindowWarning`), and on inputs with more than 4 channels
+    (:class:`~covkernels.adapters.guards.LatentDiffusionWarning`).
+    ``model``: a :class:`FlowDenoiser`, or a denoiser with one as ``.flow`` (the diffusers adapter).
     """
-    from ..guidance import as_guidance, cfg_denoiser
-    from ..samplers import get_sampler, spec
+    from ..guidance import as_guidance
+    from ..samplers import spec
 
-    if not isinstance(model, FlowDenoiser):
-        raise TypeError(f"model must be a FlowDenoiser, got {type(model).__name__}")
+    flow = getattr(model, "flow", model)
+    if not isinstance(flow, FlowDenoiser):
+        raise TypeError(f"model must be a FlowDenoiser (or have one as .flow), got {type(model).__name__}")
     sig = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().reshape(-1)
     if sig.numel() < 2 or bool((sig[1:] >= sig[:-1]).any()) or bool(torch.isinf(sig[1:]).any()):
         raise ValueError(f"sigmas must be strictly decreasing with only the first one possibly inf, "
                          f"got {sig.tolist()}")
     eps = _initial_noise(noise, shape, generator, dtype, device)
-    fn, g, extra = get_sampler(sampler), as_guidance(guidance), extra_args or {}
-    if g is not None:
-        if "guidance" in spec(sampler).options():
-            options = {**spec(sampler).guided_defaults, **options, "guidance": g}
-            denoiser = model
-        else:
-            options = {**spec(sampler).guided_defaults, **options}
-            denoiser = cfg_denoiser(model, g)
-    else:
-        denoiser = model
+    s_spec, g, extra = spec(sampler), as_guidance(guidance), extra_args or {}
+    warn_if_latent(sampler, s_spec.family, eps.shape[1], has_vae=False)
+    denoiser, options = with_guidance(model, sampler, g, options)
     tail = torch.as_tensor(sigmas).reshape(-1).to(eps.device)
     if math.isinf(float(sig[0])):
-        d_end = _noise_end_denoised(model, eps * model.noise_scale, extra, g)
+        d_end = _noise_end_denoised(flow, eps * flow.noise_scale, extra, g)
         if float(sig[1]) == 0:
             return d_end
         x = d_end + eps * float(sig[1])
         tail = tail[1:]
     else:
-        x = eps * (model.noise_scale + float(sig[0]))
-    out = fn(denoiser, x, tail, extra_args=extra, disable=disable, generator=generator, **options)
-    return model.from_sigma_space(out, float(sig[-1]))
+        x = eps * (flow.noise_scale + float(sig[0]))
+    options = covariance_window(s_spec, tail.tolist(), options, data_range)
+    out = s_spec.fn(denoiser, x, tail, extra_args=extra, disable=disable, generator=generator, **options)
+    return flow.from_sigma_space(out, float(sig[-1]))
+
+
+def with_guidance(model, sampler: str, guidance, options: dict):
+    """``(denoiser, options)`` for a guided run: the :class:`~covkernels.Guidance` goes to a sampler that takes
+    it (the registry's options), else the model becomes ``cfg_denoiser(model, guidance)``; the registry's
+    guided defaults (e.g. UniPC order 2) fill options the caller left unset."""
+    from ..guidance import as_guidance, cfg_denoiser
+    from ..samplers import spec
+
+    g = as_guidance(guidance)
+    if g is None:
+        return model, options
+    s_spec = spec(sampler)
+    options = {**s_spec.guided_defaults, **options}
+    if "guidance" in s_spec.options():
+        return model, {**options, "guidance": g}
+    return cfg_denoiser(model, g), options
 
 
 def _initial_noise(noise, shape, generator, dtype, device) -> torch.Tensor:
