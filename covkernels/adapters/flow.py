@@ -252,7 +252,7 @@ def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tenso
     s_spec, g, extra = spec(sampler), as_guidance(guidance), extra_args or {}
     warn_if_latent(sampler, s_spec.family, eps.shape[1], has_vae=False)
     denoiser, options = with_guidance(model, sampler, g, options)
-    tail = torch.as_tensor(sigmas).reshape(-1).to(eps.device)
+    tail = torch.as_tensor(sigmas).reshape(-1).to(eps.device, eps.dtype)  # k-diffusion promotes x to sigmas dtype
     if math.isinf(float(sig[0])):
         d_end = _noise_end_denoised(flow, eps * flow.noise_scale, extra, g)
         if float(sig[1]) == 0:
