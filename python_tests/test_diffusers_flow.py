@@ -215,3 +215,45 @@ def test_latent_guard_on_many_channels():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LatentDiffusionWarning)
         sample(pipe, sampler="ddim", **kw)
+
+
+def tiny_patch_dit(size: int):
+    torch.manual_seed(0)
+    return diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=3,
+                                           out_channels=3, num_layers=2, sample_size=size, patch_size=16,
+                                           num_embeds_ada_norm=10, norm_num_groups=1).eval()
+
+
+@pytest.mark.parametrize("size,batch", [pytest.param(256, 2, id="256x256-b2"), pytest.param(512, 1, id="512x512-b1")])
+@pytest.mark.parametrize("sampler,options", [
+    pytest.param("cov_ddim", {"block": 16}, id="cov_ddim-block_is_patch"),
+    pytest.param("cov_ddim", {"basis": "dct"}, id="cov_ddim-global_dct"),
+    pytest.param("lanczos", {"lanczos_steps": 2}, id="lanczos"),
+])
+def test_covariance_samplers_at_full_resolution(size, batch, sampler, options):
+    """A patch-16 DiT at 256 x 256 and 512 x 512 (CPU, 4 flow-Euler steps, covariance on every step): the
+    block DCT at the input's size, block = the transformer's patch size. ~0.1-1.3 s a run on one core."""
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    model = DiffusersDenoiser(tiny_patch_dit(size), sched)
+    with torch.no_grad():
+        ref = sample_flow(model, "ddim", scheduler_sigmas(sched, 4), shape=(batch, 3, size, size), generator=gen(0),
+                          extra_args={"class_labels": torch.arange(batch)}, disable=True)
+    out = sample_flow(model, sampler, scheduler_sigmas(sched, 4), shape=(batch, 3, size, size), generator=gen(0),
+                      extra_args={"class_labels": torch.arange(batch)}, disable=True, jvp="finite_difference",
+                      cov_sigma_max=float("inf"), **options)
+    assert out.shape == (batch, 3, size, size) and bool(torch.isfinite(out).all())
+    # the covariance noise is on the order of the data, not of the pixels' noise: it moves the sample
+    assert 1e-3 < float((out - ref).pow(2).mean().sqrt()) < 10 * float(ref.pow(2).mean().sqrt())
+
+
+def test_a_block_that_does_not_tile_the_image_is_refused_naming_both_sizes():
+    """The ConvDCT's blocks must tile H x W: a padded block would not be orthonormal on the valid pixels, so
+    the noise it synthesises there would not have the covariance it estimated; refused, not padded."""
+    sched = diffusers.FlowMatchEulerDiscreteScheduler()
+    model = DiffusersDenoiser(tiny_unet().float(), sched)  # a UNet as a flow model, at a non-square size
+    kw = dict(shape=(1, 3, 24, 40), generator=gen(0), disable=True, cov_sigma_max=float("inf"),
+              jvp="finite_difference")
+    with pytest.raises(ValueError, match=r"block=16 does not tile x of spatial size 24x40"):
+        sample_flow(model, "cov_ddim", scheduler_sigmas(sched, 3), block=16, **kw)
+    out = sample_flow(model, "cov_ddim", scheduler_sigmas(sched, 3), block=8, **kw)  # 8 tiles 24 x 40
+    assert bool(torch.isfinite(out).all())
