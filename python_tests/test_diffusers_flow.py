@@ -257,3 +257,17 @@ def test_a_block_that_does_not_tile_the_image_is_refused_naming_both_sizes():
         sample_flow(model, "cov_ddim", scheduler_sigmas(sched, 3), block=16, **kw)
     out = sample_flow(model, "cov_ddim", scheduler_sigmas(sched, 3), block=8, **kw)  # 8 tiles 24 x 40
     assert bool(torch.isfinite(out).all())
+
+
+def test_learned_variance_output_uses_its_first_half():
+    """ADM / DiT learned variance: the model returns 2C channels (epsilon, variance); the epsilon half is used."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=6, block_out_channels=(16, 32),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    sched = diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    model = DiffusersDenoiser(unet, sched)
+    x, sigma = torch.randn(2, 3, 16, 16, generator=gen(5)), torch.tensor([2.0, 2.0])
+    with torch.no_grad():
+        eps = unet(x / 5 ** 0.5, model.sigma_to_t(sigma)).sample[:, :3]
+        torch.testing.assert_close(model(x, sigma), x - 2.0 * eps, rtol=1e-5, atol=1e-5)

@@ -170,3 +170,17 @@ def test_bad_grids_and_the_epsilon_noise_end_raise():
         sample_flow(model, "ddim", flow_times_to_sigmas(flow_times(3)), shape=(1, 3, 4, 4), generator=gen(0))
     with pytest.raises(ValueError, match="strictly decreasing"):
         sample_flow(model, "ddim", [1.0, 2.0, 0.0], shape=(1, 3, 4, 4), generator=gen(0))
+
+
+def test_comfyui_const_model_is_an_x0_flow_model(gmm):
+    """ComfyUI's CONST sampling (SD3, Flux): ``apply_model(z, sigma)`` with sigma its flow time returns the
+    denoised ``z - sigma v``, so ``FlowDenoiser(apply_model, "x0")`` is the model in the sigma convention."""
+    velocity = flow_net(gmm, "velocity", 1, 1.0)
+
+    def apply_model(z, s):
+        return z - s.view(-1, 1, 1, 1) * velocity(z, s)
+
+    model = FlowDenoiser(apply_model, "x0")
+    x = torch.randn(2, 3, 8, 8, generator=gen(6), dtype=torch.float64) * 3
+    sig = torch.full((2,), 2.0, dtype=torch.float64)
+    torch.testing.assert_close(model(x, sig), gmm(x, sig), rtol=1e-9, atol=1e-9)
