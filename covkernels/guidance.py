@@ -45,7 +45,9 @@ class Guidance:
     ``interval``: ``(sigma_lo, sigma_hi)``, guide only where ``sigma_lo <= sigma <= sigma_hi`` and take the
     plain conditional prediction elsewhere, with no unconditional evaluation there (the guidance interval of
     Kynkaanniemi et al. 2024, and JiT's recipe; for a flow model convert its time interval with
-    ``covkernels.adapters.flow.flow_times_to_sigmas``). ``sigma_hi`` may be ``inf``. Default: every sigma."""
+    ``covkernels.adapters.flow.flow_times_to_sigmas``). ``sigma_hi`` may be ``inf``. Default: every sigma.
+    ``nfe_per_sample(..., guided=True)`` still counts the guided cost on every step: an upper bound with an
+    interval."""
 
     scale: float
     uncond_args: dict | None = None

@@ -151,8 +151,8 @@ class DiffusersDenoiser(torch.nn.Module):
         self.prediction_type, self.clip_sample, self.timesteps = kind, False, timesteps
         scale = float(scheduler.config.get("num_train_timesteps", 1000))
         rule = _SchedulerTimesteps(scheduler) if timesteps == "scheduler" else None
-        self.flow = FlowDenoiser(self.unet, FLOW_PREDICTIONS[kind], noise_at=1, noise_scale=1.0, time_scale=scale,
-                                 timestep=rule, call=call_model)
+        self.flow = FlowDenoiser(self.unet, FLOW_PREDICTIONS[kind], noise_at=1, noise_scale=1.0,
+                                 time_scale=1.0 if rule is not None else scale, timestep=rule, call=call_model)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Training timestep(s) of ``sigma (B,)``: nearest (long) or interpolated in log sigma (float)."""
@@ -250,7 +250,6 @@ def sample(pipe_or_unet, scheduler=None, sampler: str | None = None, num_inferen
     if latents is None:
         latents = torch.randn(_sample_shape(net, batch_size), generator=generator, device=param.device,
                               dtype=param.dtype)
-    warn_if_latent(sampler, s_spec.family, latents.shape[1], vae is not None)
     if guidance_scale is None and (uncond_args is not None or guidance_interval is not None):
         raise ValueError("uncond_args and guidance_interval need guidance_scale")
     g = None if guidance_scale is None else Guidance(float(guidance_scale), uncond_args=uncond_args,
@@ -258,8 +257,9 @@ def sample(pipe_or_unet, scheduler=None, sampler: str | None = None, num_inferen
     if model.flow is not None:
         out = sample_flow(model, sampler, sigmas, noise=latents.to(param.dtype), generator=generator,
                           extra_args=extra_args, guidance=g, disable=disable, data_range=model.data_range,
-                          **options)
+                          has_vae=vae is not None, **options)
     else:
+        warn_if_latent(sampler, s_spec.family, latents.shape[1], vae is not None)
         options = covariance_window(s_spec, sigmas, options, model.data_range)
         x = latents.to(param.dtype) * (1 + sigmas[0] ** 2).sqrt().to(param.dtype)  # VP noise -> sigma space
         denoiser, options = with_guidance(model, sampler, g, options)

@@ -23,6 +23,9 @@ import torch
 
 from .guards import covariance_window, warn_if_latent
 
+__all__ = ["FlowDenoiser", "PREDICTIONS", "dynamic_shift_mu", "flow_times", "flow_times_to_sigmas", "sample_flow",
+           "shift_flow_times", "sigmas_to_flow_times", "with_guidance"]
+
 PREDICTIONS = ("velocity", "x0", "epsilon")
 
 
@@ -67,6 +70,8 @@ class FlowDenoiser(torch.nn.Module):
         self.net, self.prediction, self.noise_at = net, prediction, int(noise_at)
         self.noise_scale = _check_positive(noise_scale, "noise_scale")
         self.time_scale = _check_positive(time_scale, "time_scale")
+        if timestep is not None and self.time_scale != 1.0:
+            raise ValueError("time_scale does not apply with a timestep function (it maps s to t itself)")
         self.timestep, self.call = timestep, call
 
     # -- the change of variables -------------------------------------------------------------------------------
@@ -118,6 +123,9 @@ class FlowDenoiser(torch.nn.Module):
         sig = torch.as_tensor(sigma, device=x.device).reshape(-1)
         if sig.numel() == 1 and x.shape[0] != 1:
             sig = sig.expand(x.shape[0])
+        if not bool(torch.isfinite(sig).all()):
+            raise ValueError("sigma = inf (s = 1, pure noise) has no sigma-space input x: evaluate the noise end "
+                             "with denoise_flow(z, s=1), or sample through sample_flow")
         return self.denoise_flow(self.from_sigma_space(x, sig), self.flow_time(sig), **extra_args)
 
 
@@ -220,7 +228,7 @@ def flow_times(steps: int, shift: float | None = None, mu: float | None = None, 
 def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tensor | None = None, shape=None,
                 generator: torch.Generator | None = None, extra_args: dict | None = None, guidance=None,
                 disable=None, dtype: torch.dtype = torch.float32, device=None, data_range=(-1.0, 1.0),
-                **options) -> torch.Tensor:
+                has_vae: bool = False, **options) -> torch.Tensor:
     """Sample a flow model with a registered sampler; returns the final state in the model's own space
     (``z``; at a final sigma of 0 that is the clean sample itself).
 
@@ -235,7 +243,7 @@ def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tenso
     ``data_range``: the model's data range, which scales the covariance samplers' default window
     (``cov_sigma_max`` 1.0 for [-1, 1]); they warn when it covers few steps
     (:class:`~covkernels.adapters.guards.CovarianceWindowWarning`), and on inputs with more than 4 channels
-    (:class:`~covkernels.adapters.guards.LatentDiffusionWarning`).
+    (:class:`~covkernels.adapters.guards.LatentDiffusionWarning`; also with ``has_vae``, a latent pipeline).
     ``model``: a :class:`FlowDenoiser`, or a denoiser with one as ``.flow`` (the diffusers adapter).
     """
     from ..guidance import as_guidance
@@ -250,7 +258,7 @@ def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tenso
                          f"got {sig.tolist()}")
     eps = _initial_noise(noise, shape, generator, dtype, device)
     s_spec, g, extra = spec(sampler), as_guidance(guidance), extra_args or {}
-    warn_if_latent(sampler, s_spec.family, eps.shape[1], has_vae=False)
+    warn_if_latent(sampler, s_spec.family, eps.shape[1], has_vae=has_vae)
     denoiser, options = with_guidance(model, sampler, g, options)
     tail = torch.as_tensor(sigmas).reshape(-1).to(eps.device, eps.dtype)  # k-diffusion promotes x to sigmas dtype
     if math.isinf(float(sig[0])):

@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 import warnings
 
+__all__ = ["LatentDiffusionWarning", "CovarianceWindowWarning", "warn_if_latent", "covariance_window",
+           "LATENT_CHANNELS"]
+
 LATENT_CHANNELS = 4  # more input channels than this: a latent model (pixel models have 1, 3 or 4)
 
 
