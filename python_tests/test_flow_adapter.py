@@ -188,3 +188,35 @@ def test_comfyui_const_model_is_an_x0_flow_model(gmm):
     x = torch.randn(2, 3, 8, 8, generator=gen(6), dtype=torch.float64) * 3
     sig = torch.full((2,), 2.0, dtype=torch.float64)
     torch.testing.assert_close(model(x, sig), gmm(x, sig), rtol=1e-9, atol=1e-9)
+
+
+class _Labelled(torch.nn.Module):
+    """A denoiser whose prediction depends on x (for the JVP) and on class labels (for guidance)."""
+
+    def forward(self, x, sigma, labels):
+        s = sigma.view(-1, 1, 1, 1).to(x.dtype)
+        return torch.tanh(x) / (1 + s ** 2) + 0.1 * labels.view(-1, 1, 1, 1).to(x.dtype)
+
+
+@pytest.mark.parametrize("sampler", ["cov_ddim", "lanczos"])
+def test_guidance_interval_in_the_covariance_step(sampler):
+    """Through the guided JVP path: an interval no step reaches is the unguided run, one that holds every step
+    is the run without an interval, and a partial one differs from both."""
+    model, labels, null = _Labelled(), torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])
+    sigmas = ck.karras_sigmas(4, 0.05, 5.0).to(torch.float64)
+    x = torch.randn(2, 3, 8, 8, generator=gen(8), dtype=torch.float64) * sigmas[0]
+
+    def run(guidance):
+        options = {"block": 4} if sampler == "cov_ddim" else {}
+        return ck.get_sampler(sampler)(model, x, sigmas, extra_args={"labels": labels}, disable=True,
+                                       generator=gen(9), jvp="forward_ad", guidance=guidance, **EVERY_STEP,
+                                       **options)
+
+    unguided = run(None)
+    everywhere = run(ck.Guidance(3.0, uncond_args={"labels": null}))
+    torch.testing.assert_close(run(ck.Guidance(3.0, uncond_args={"labels": null}, interval=(50.0, 60.0))),
+                               unguided, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run(ck.Guidance(3.0, uncond_args={"labels": null}, interval=(0.0, math.inf))),
+                               everywhere, rtol=1e-12, atol=1e-12)
+    partial = run(ck.Guidance(3.0, uncond_args={"labels": null}, interval=(0.0, 1.0)))
+    assert float((partial - unguided).abs().max()) > 1e-3 and float((partial - everywhere).abs().max()) > 1e-3
