@@ -250,3 +250,36 @@ def test_every_model_family_row_of_the_readme_names_an_existing_test():
                 defined = {n.name for n in ast.walk(ast.parse(source.read_text())) if isinstance(n, ast.FunctionDef)}
                 assert name in defined, (path, name)
         assert "`test_" in row or "same test" in row, row
+
+
+@pytest.mark.parametrize("sampler,kind", [
+    pytest.param("ddim", "limit", id="ddim-limit"),
+    pytest.param("dpmpp_2m", "slow_limit", id="dpmpp_2m-slow_limit"),
+    pytest.param("ipndm", "differs", id="ipndm-differs"),
+    pytest.param("unipc", "differs", id="unipc-differs"),
+    pytest.param("heun", "diverges", id="heun-diverges"),
+])
+def test_the_noise_end_step_against_starting_at_1_minus_delta(gmm, sampler, kind):
+    """sample_flow from s = 1 (the closed-form step, then the sampler from sigma_1) against the same run
+    started at s = 1 - delta, on the mixture oracle (6 steps, RMS difference): DDIM's start converges like
+    delta; DPM-Solver++(2M) converges like 1 / log(1/delta) (its weight on the first point, 1 / (2 r), decays
+    with r = log(sigma_0 / sigma_1) / h); iPNDM and UniPC keep the first point in their history and tend to
+    a different sampler (~0.05 RMS away); Heun's correction has no limit at sigma = inf."""
+    model = FlowDenoiser(flow_net(gmm, "velocity", 1, 1.0), "velocity")
+    eps = torch.randn(4, 3, 8, 8, generator=gen(4), dtype=torch.float64)
+    times = flow_times(6)
+    exact = sample_flow(model, sampler, flow_times_to_sigmas(times), noise=eps, disable=True)
+    errors = []
+    for delta in (1e-3, 1e-6, 1e-9):
+        below = times.clone()
+        below[0] = 1 - delta
+        out = sample_flow(model, sampler, flow_times_to_sigmas(below), noise=eps, disable=True)
+        errors.append(float((out - exact).pow(2).mean().sqrt()))
+    if kind == "limit":
+        assert errors[0] < 1e-3 and errors[1] < 1e-6 and errors[2] < 1e-7, errors
+    elif kind == "slow_limit":
+        assert errors[0] > errors[1] > errors[2] > 1e-3 and errors[0] / errors[2] > 2.5, errors
+    elif kind == "differs":
+        assert min(errors) > 1e-2 and max(errors) / min(errors) < 1.2, errors
+    else:
+        assert errors[2] > 1e3 * errors[1] > 1e6 * errors[0] > 1, errors
