@@ -10,6 +10,9 @@ through the same model or through ``Guidance.uncond_model`` when it is a separat
 whose unconditional branch would be the conditional one (same model, same arguments: e.g. a bare scale
 with no ``extra_args``) is refused when it is bound to a model: it would silently sample unguided.
 
+Guidance interval: ``Guidance(interval=(sigma_lo, sigma_hi))`` guides only where ``sigma_lo <= sigma <=
+sigma_hi``; elsewhere the unconditional branch is not evaluated and the conditional prediction is used.
+
 Scale range: any finite number. 1 samples the conditional model, 0 the unconditional one, values in
 (0, 1) interpolate, > 1 extrapolates away from the unconditional prediction (the usual classifier-free
 guidance, typically 1.5-10), < 0 steers away from the condition (negative guidance).
