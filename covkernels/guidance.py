@@ -10,6 +10,9 @@ through the same model or through ``Guidance.uncond_model`` when it is a separat
 whose unconditional branch would be the conditional one (same model, same arguments: e.g. a bare scale
 with no ``extra_args``) is refused when it is bound to a model: it would silently sample unguided.
 
+Guidance interval: ``Guidance(interval=(sigma_lo, sigma_hi))`` guides only where ``sigma_lo <= sigma <=
+sigma_hi``; elsewhere the unconditional branch is not evaluated and the conditional prediction is used.
+
 Scale range: any finite number. 1 samples the conditional model, 0 the unconditional one, values in
 (0, 1) interpolate, > 1 extrapolates away from the unconditional prediction (the usual classifier-free
 guidance, typically 1.5-10), < 0 steers away from the condition (negative guidance).
@@ -41,12 +44,19 @@ class Guidance:
     """``scale``: guidance weight, any finite number (1 = conditional only, 0 = unconditional only, < 0
     steers away from the condition). ``uncond_args``: ``extra_args`` of the
     unconditional branch (default: none). ``uncond_model``: a separate unconditional denoiser (default: the
-    sampler's model). ``concurrent``: on CUDA, overlap the unconditional forward with the JVP."""
+    sampler's model). ``concurrent``: on CUDA, overlap the unconditional forward with the JVP.
+    ``interval``: ``(sigma_lo, sigma_hi)``, guide only where ``sigma_lo <= sigma <= sigma_hi`` and take the
+    plain conditional prediction elsewhere, with no unconditional evaluation there (the guidance interval of
+    Kynkaanniemi et al. 2024, and JiT's recipe; for a flow model convert its time interval with
+    ``covkernels.adapters.flow.flow_times_to_sigmas``). ``sigma_hi`` may be ``inf``. Default: every sigma.
+    ``nfe_per_sample(..., guided=True)`` still counts the guided cost on every step: an upper bound with an
+    interval."""
 
     scale: float
     uncond_args: dict | None = None
     uncond_model: Callable | None = None
     concurrent: bool = True
+    interval: tuple | None = None
 
     def __post_init__(self):
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
@@ -55,6 +65,25 @@ class Guidance:
             raise TypeError(f"guidance uncond_args must be a dict, got {type(self.uncond_args).__name__}")
         if self.uncond_model is not None and not callable(self.uncond_model):
             raise TypeError("guidance uncond_model must be callable")
+        if self.interval is not None:
+            object.__setattr__(self, "interval", _check_interval(self.interval))
+
+    def active(self, sigma) -> torch.Tensor:
+        """``(B,)`` bool: where guidance applies (inside ``interval``, or everywhere without one)."""
+        sig = torch.as_tensor(sigma).reshape(-1)
+        if self.interval is None:
+            return torch.ones(sig.shape, dtype=torch.bool, device=sig.device)
+        lo, hi = self.interval
+        return (sig >= lo) & (sig <= hi)
+
+
+def _check_interval(interval) -> tuple[float, float]:
+    ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in interval)
+    if not ok or not (0 <= interval[0] < interval[1]) or math.isinf(interval[0]):
+        raise ValueError(f"guidance interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi "
+                         f"(sigma_hi may be inf), got {interval!r}")
+    return float(interval[0]), float(interval[1])
 
 
 def as_guidance(value) -> Guidance | None:
@@ -142,9 +171,28 @@ class GuidedModel:
     def uncond(self, x, sigma):
         return self.uncond_model(x, sigma, **self.uncond_args)
 
+    def _outside(self, sigma, d_cond, d_uncond):
+        """Outside the guidance interval the unconditional branch is replaced by the conditional one, so
+        :meth:`combine` returns the conditional prediction there whatever the scale."""
+        if self.g.interval is None:
+            return d_uncond
+        inside = self.g.active(sigma).to(d_cond.device).view(-1, *([1] * (d_cond.dim() - 1)))
+        return torch.where(inside, d_uncond, d_cond)
+
+    def _skips_uncond(self, sigma) -> bool:
+        return self.g.interval is not None and not bool(self.g.active(sigma).any())
+
     @torch.no_grad()
     def forward(self, x, sigma):
-        """``(D_cond, D_uncond)``: one doubled-batch call when the branches pair up, else two calls."""
+        """``(D_cond, D_uncond)``: one doubled-batch call when the branches pair up, else two calls; outside
+        the guidance interval one conditional call (returned as both)."""
+        if self._skips_uncond(sigma):
+            d_cond = self.model(x, sigma, **self.cond)
+            return d_cond, d_cond
+        d_cond, d_uncond = self._both(x, sigma)
+        return d_cond, self._outside(sigma, d_cond, d_uncond)
+
+    def _both(self, x, sigma):
         if self._batchable(x):
             b = x.shape[0]
             pair = paired_extra(self.cond, self.uncond_args, b, 1)
@@ -156,6 +204,13 @@ class GuidedModel:
     def jvp(self, x, sigma, v, strategy):
         """Fresh guided JVP: ``(D_cond, D_uncond, J_cond v)``."""
         v = v.to(dtype=x.dtype)
+        if self._skips_uncond(sigma):
+            d_cond, jv = jvp_engine.jvp(self.model, x, sigma, v, self.cond, strategy=strategy)
+            return d_cond, d_cond, jv
+        d_cond, d_uncond, jv = self._fresh_jvp(x, sigma, v, strategy)
+        return d_cond, self._outside(sigma, d_cond, d_uncond), jv
+
+    def _fresh_jvp(self, x, sigma, v, strategy):
         name, result = jvp_engine.resolve(self.model, x, sigma, v, self.cond, None, strategy)
         if result is not None:  # `auto` just probed the conditional branch (or found NaN): add the uncond
             return result[0], self.uncond(x, sigma), result[1]
