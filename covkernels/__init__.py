@@ -14,7 +14,7 @@ from ._version import __version__  # noqa: F401
 # public name -> the submodule that defines it
 _PUBLIC = {
     **dict.fromkeys(("SAMPLERS", "calibrate_addim_variance", "calibrate_spectrum", "PosteriorSpectrum",
-                     "get_sampler", "nfe_per_sample", "sample"), ".samplers"),
+                     "get_sampler", "nfe_per_sample", "sample", "StepSpacingWarning"), ".samplers"),
     **dict.fromkeys(("alphas_cumprod_to_sigmas", "exponential_sigmas", "get_sigmas", "karras_sigmas",
                      "linear_beta_sigmas", "vp_sigmas"), ".schedules"),
     "Guidance": ".guidance", "cfg_denoiser": ".guidance",

@@ -229,15 +229,16 @@ def sample(pipe_or_unet, scheduler=None, sampler: str | None = None, num_inferen
     ``mu``: a flow scheduler's dynamic shift. Latent pipelines are decoded with their VAE; the covariance
     samplers warn once on them (:class:`LatentDiffusionWarning`), and when their covariance window covers
     few of the scheduler's steps (:class:`CovarianceWindowWarning`; its default is scaled to the model's
-    data range). ``sampler``: a registry name (default: the package default,
-    ``covkernels.samplers.api.DEFAULT_SAMPLER``). ``options`` go to the sampler.
+    data range). ``sampler``: a registry name (default: ``dpmpp_2m``, the package's default on a host's
+    schedule, ``covkernels.samplers.api.HOST_SCHEDULE_SAMPLER``; ``ipndm`` on sigmas its equal-step weights
+    do not fit warns, :class:`~covkernels.samplers.api.StepSpacingWarning`). ``options`` go to the sampler.
     """
     from ..guidance import Guidance
     from ..samplers import spec
-    from ..samplers.api import DEFAULT_SAMPLER
+    from ..samplers.api import default_sampler, warn_spacing
     from .flow import sample_flow, with_guidance
 
-    sampler = DEFAULT_SAMPLER if sampler is None else sampler
+    sampler = default_sampler(explicit_sigmas=True) if sampler is None else sampler
     s_spec = spec(sampler)
     net = _network(pipe_or_unet)
     scheduler = scheduler if scheduler is not None else getattr(pipe_or_unet, "scheduler", None)
@@ -247,6 +248,7 @@ def sample(pipe_or_unet, scheduler=None, sampler: str | None = None, num_inferen
     model = DiffusersDenoiser(net, scheduler, clip_sample=clip_sample)
     param = next(net.parameters())
     sigmas = scheduler_sigmas(scheduler, num_inference_steps, device=param.device, mu=mu)
+    warn_spacing(sampler, sigmas[1:] if bool(torch.isinf(sigmas[0])) else sigmas)
     if latents is None:
         latents = torch.randn(_sample_shape(net, batch_size), generator=generator, device=param.device,
                               dtype=param.dtype)

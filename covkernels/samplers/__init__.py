@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import single_step, ancestral, multistep, covariance, hybrid  # noqa: F401  (registration order = table order)
 from .ancestral import sample_ddpm, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_noisy_ddim
-from .api import sample
+from .api import StepSpacingWarning, sample
 from .calibrated import PosteriorSpectrum, calibrate_spectrum
 from .common import COV_SIGMA_MAX, check_inputs
 from .covariance import sample_cov_ddim, sample_diag_hutchinson, sample_lanczos
@@ -24,6 +24,6 @@ from .single_step import PosteriorVariance, addim_variance, calibrate_addim_vari
 
 SAMPLERS = tuple(REGISTRY)  # names of the registered samplers, in registration order
 
-__all__ = ["SAMPLERS", "REGISTRY", "FAMILIES", "SamplerSpec", "register", "spec", "get_sampler", "nfe_per_sample",
+__all__ = ["SAMPLERS", "StepSpacingWarning", "REGISTRY", "FAMILIES", "SamplerSpec", "register", "spec", "get_sampler", "nfe_per_sample",
            "sample", "COV_SIGMA_MAX", "check_inputs", "PosteriorVariance", "addim_variance",
            "calibrate_addim_variance", "PosteriorSpectrum", "calibrate_spectrum"] + [f"sample_{n}" for n in SAMPLERS]

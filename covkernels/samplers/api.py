@@ -1,6 +1,9 @@
 """``covkernels.sample``: noise at sigma_max -> n steps of a registered sampler, in one call."""
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 
 from .. import steps as step_lib
@@ -15,6 +18,51 @@ from .registry import get_sampler, spec
 # of each grid cell at 6-8 NFE and the best baseline in 7 of the 8 large-sample cells (README, Quality), where
 # the covariance-aware configurations lose 11 of 12 cells on the real-image testbeds.
 DEFAULT_SAMPLER = "ipndm"
+# The sampler when none is named and the schedule is the caller's (``sigmas=``, a diffusers scheduler's
+# sigmas): DPM-Solver++(2M), whose weights follow the actual steps. iPNDM's equal-step weights were measured
+# on our schedules; on a host's, a user's lightly trained diffusers models gave their noisiest images with
+# it (issue 29), and benchmarks/results/host_schedules.md finds 2M never significantly worse than the
+# variable-step ipndm_v on DDPM-leading, Karras and exponential sigmas and better in 3 of 6 cells.
+HOST_SCHEDULE_SAMPLER = "dpmpp_2m"
+# iPNDM applies past derivatives with equal-step weights; a step this many times longer in log sigma than
+# the median step stretches that extrapolation far beyond where it was measured (DDPM's 10 "leading"
+# steps end 0.34 -> 0.01: 5.3x; Karras rho 7 at 4-16 steps: at most 2.7x; exponential: 1x).
+IPNDM_MAX_LOG_STEP_RATIO = 4.0
+
+
+class StepSpacingWarning(UserWarning):
+    """A sampler runs on a schedule whose step spacing its formulas do not fit (iPNDM's equal-step weights
+    on a schedule with one step much longer than the others)."""
+
+
+def default_sampler(explicit_sigmas: bool) -> str:
+    """The sampler of ``sample`` and the adapters when none is named: :data:`DEFAULT_SAMPLER` on the
+    package's own schedules, :data:`HOST_SCHEDULE_SAMPLER` on a schedule the caller brings."""
+    return HOST_SCHEDULE_SAMPLER if explicit_sigmas else DEFAULT_SAMPLER
+
+
+def spacing_warning(sampler: str, sigmas) -> str | None:
+    """Why ``sampler``'s assumptions about step spacing do not hold on ``sigmas``, or None."""
+    if sampler != "ipndm":
+        return None
+    s = [float(v) for v in torch.as_tensor(sigmas).detach().flatten().cpu() if v > 0]
+    steps = sorted(math.log(a / b) for a, b in zip(s[:-1], s[1:]))
+    if len(steps) < 2:
+        return None
+    ratio = steps[-1] / steps[len(steps) // 2]
+    if ratio <= IPNDM_MAX_LOG_STEP_RATIO:
+        return None
+    return (f"ipndm applies equal-step Adams-Bashforth weights, and one step of this schedule is {ratio:.1f}x "
+            f"longer in log sigma than its median step (over {IPNDM_MAX_LOG_STEP_RATIO:g}x); ipndm_v or dpmpp_2m "
+            f"use the actual steps (benchmarks/results/host_schedules.md)")
+
+
+def warn_spacing(sampler: str, sigmas, stacklevel: int = 3) -> None:
+    """Emit :class:`StepSpacingWarning` where :func:`spacing_warning` finds a reason."""
+    reason = spacing_warning(sampler, sigmas)
+    if reason is not None:
+        warnings.warn(reason, StepSpacingWarning, stacklevel=stacklevel)
+
 
 # The schedule parameters of ``sample`` and their values when the caller leaves them unset (None).
 SCHEDULE_DEFAULTS = {"steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "schedule": "karras", "rho": 7.0}
@@ -26,7 +74,7 @@ def schedule_defaults(sampler: str) -> dict:
     return {**SCHEDULE_DEFAULTS, **spec(sampler).schedule_defaults}
 
 
-def sample(model, shape, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, sigma_min: float | None = None,
+def sample(model, shape, sampler: str | None = None, steps: int | None = None, sigma_min: float | None = None,
            sigma_max: float | None = None, schedule: str | None = None, rho: float | None = None, generator=None,
            device=None, dtype: torch.dtype = torch.float32, extra_args=None, callback=None, disable=None,
            sample_offset: int = 0, sigmas=None, **options) -> torch.Tensor:
@@ -39,8 +87,11 @@ def sample(model, shape, sampler: str = DEFAULT_SAMPLER, steps: int | None = Non
     0.002, rho 7; ``ipndm``, the default sampler, and ``ode_cov``: exponential down to 0.1; see
     :func:`schedule_defaults`)
     or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with any of the others raises ValueError,
-    since they would be ignored. ``options`` go to the sampler.
+    since they would be ignored. ``sampler``: a registry name; unset, :data:`DEFAULT_SAMPLER` (``ipndm``) on
+    the package's schedules and :data:`HOST_SCHEDULE_SAMPLER` (``dpmpp_2m``) on given ``sigmas``. ``ipndm``
+    on ``sigmas`` it does not fit warns (:class:`StepSpacingWarning`). ``options`` go to the sampler.
     """
+    sampler = default_sampler(sigmas is not None) if sampler is None else sampler
     fn = get_sampler(sampler)
     defaults = schedule_defaults(sampler)
     given = {"steps": steps, "sigma_min": sigma_min, "sigma_max": sigma_max, "schedule": schedule, "rho": rho}
@@ -54,6 +105,7 @@ def sample(model, shape, sampler: str = DEFAULT_SAMPLER, steps: int | None = Non
             raise ValueError(f"sigmas is an explicit schedule: {', '.join(clash)} would be ignored; pass either "
                              f"sigmas or {', '.join(clash)}, not both")
         sigmas = check_inputs(torch.zeros(1, 1, device=device), sigmas)
+        warn_spacing(sampler, sigmas)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     shape = tuple(shape)
