@@ -80,7 +80,7 @@ def step_errors(oracle: SpectralGaussian, sigma_t: float, sigma_s: float, ks: li
                 generator: torch.Generator) -> dict:
     """Relative errors ``|y_k - S^1/2 xi| / |S^1/2 xi|`` ``(draws, len(ks))`` of one eta = 1 step, the
     derived bound (relative to ``|xi|``) per k, and the spectrum's rates."""
-    from pathkl import step_coefficients  # noqa: PLC0415 (same folder)
+    from pathkl import step_coefficients  # noqa: PLC0415 (same folder, on sys.path in run.py and the tests)
 
     _, s, up = step_coefficients(sigma_t, sigma_s)
     xi = torch.randn(draws, *oracle.event_shape, generator=generator, dtype=F64)

@@ -228,7 +228,7 @@ def mixture_path_kl(mix: SharedMixture, sigmas: list[float], names: list[str], p
     chain on ``sigmas``: ``points`` fresh forward-process draws of ``x_t`` per step (shared by all samplers:
     common random numbers), the gap by quadrature, the Gaussian part in closed form. Returns
     ``{"gap": total, name: total, ...}`` (the samplers' totals include the gap)."""
-    from covariances import sampler_covariance  # noqa: PLC0415 (same folder; see the package docstring)
+    from covariances import sampler_covariance  # noqa: PLC0415 (same folder, on sys.path in run.py and the tests)
 
     dct = basis_matrix(mix.shape, "dct")
     totals = dict.fromkeys(["gap", *names], 0.0)

@@ -1,6 +1,7 @@
 """Claims 6 and 7 of docs/claims.md: measure, write ``benchmarks/results/claims/claim<N>.{json,png}``.
 
-    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 6   # path KL vs T (about 8 min on one core)
+    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 6   # path KL vs T (about 7 min on one core)
+    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 6 --tail   # full vs isotropic at T = 1024-4096
     OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 7   # Lanczos square-root error vs k (about 1 min)
 
 Every random number comes from ``torch.Generator().manual_seed(...)`` seeded as recorded in the JSON; the same
@@ -30,6 +31,8 @@ from covkernels.models import DenseGaussian  # noqa: E402
 
 OUT = HERE.parent / "results" / "claims"
 GRID = {"kind": "karras", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+ROUNDING_KL = 1e-12  # a closed-form path KL below this is float64 rounding of an exact 0: no slope
+TAIL_T, TAIL_NAMES = [1024, 2048, 4096], ["iso_best", "full"]  # --tail: the order of full matching at larger T
 GAUSS_NAMES = ["ddpm_iso", "iso_best", "diag_pixel", "diag_dct", "lanczos_k1", "full"]
 
 
@@ -68,19 +71,21 @@ def claim6(args) -> dict:
     gauss_steps = [2 ** i for i in range(2, 12)]
     dct = basis_matrix((1, 8, 8), "dct")
     closed = {}
-    for name, oracle in gaussian_oracles().items():
+    for name, oracle in ({} if args.tail else gaussian_oracles()).items():
         rows = {T: gaussian_path_kl(oracle, gauss_covariances(dct), sigmas(T)) for T in gauss_steps}
         table = {n: [rows[T][n] for T in gauss_steps] for n in GAUSS_NAMES}
         fit = [T for T in gauss_steps if T >= 256]
+        exact = [n for n in GAUSS_NAMES if max(abs(v) for v in table[n]) < ROUNDING_KL]
         closed[name] = {"T": gauss_steps, "path_kl": table, "slope_fit_T": fit,
                         "slope": {n: loglog_slope(fit, [table[n][gauss_steps.index(T)] for T in fit])
-                                  for n in GAUSS_NAMES if n != "full"},
+                                  for n in GAUSS_NAMES if n not in exact},
+                        "exact_to_rounding": {n: max(abs(v) for v in table[n]) for n in exact},
                         "full_max_abs": max(abs(v) for v in table["full"])}
     mix = SharedMixture(claim_mixture())
-    names = sampler_names(mix.d)
+    names = TAIL_NAMES if args.tail else sampler_names(mix.d)
     expensive = [n for n in names if n.startswith("lanczos_k") and n != "lanczos_k1"]  # MC: to T = 512 only
-    steps_all = [2 ** i for i in range(2, 10)]
-    steps_cheap = steps_all + [1024]
+    steps_all = TAIL_T if args.tail else [2 ** i for i in range(2, 10)]
+    steps_cheap = steps_all if args.tail else steps_all + [1024]
     per_seed = {n: [] for n in ["gap", *names]}
     for seed in args.seeds:
         vals = {n: [] for n in per_seed}
@@ -97,7 +102,7 @@ def claim6(args) -> dict:
     for n, rows in per_seed.items():
         ts = steps_cheap[:len(rows[0])]
         mixture["mean_ci95"][n] = [mean_ci95([r[i] for r in rows]) for i in range(len(ts))]
-        fit = [T for T in ts if T >= 128]
+        fit = [T for T in ts if T >= 128 or args.tail]
         mixture["slope"][n] = slope_stats(fit, [[r[ts.index(T)] for T in fit] for r in rows])
         mixture["local_slopes"][n] = [slope_stats([a, b], [[r[i], r[i + 1]] for r in rows])
                                       for i, (a, b) in enumerate(zip(ts[:-1], ts[1:]))]
@@ -107,7 +112,21 @@ def claim6(args) -> dict:
                         "seeds": args.seeds, "generator_seed": "1000 * seed + T", "quadrature_order": 12,
                         "lanczos_directions": 16, "oracle": "pathkl.claim_mixture() (shape (1, 4, 4), 3 "
                         "components, seed 0, separation 1.5, std 0.25, exponent 2)"},
-            "seconds": time.time() - started}
+            "tail": args.tail, "seconds": time.time() - started}
+
+
+def summarize7(ks: list[int], steps: list[dict]) -> dict:
+    """Per grid: the slowest step (fitted rate, kappa, the two reference rates), the largest k = 3 error, the
+    k that brings every step under 1e-3, and the largest measured error / derived bound."""
+    slow = max(steps, key=lambda s: s["fitted_rate"][0])
+    worst3 = max(steps, key=lambda s: s["geo_mean_relative_error"][2])
+    need = [next((k for k, e in zip(ks, s["geo_mean_relative_error"]) if e < 1e-3), None) for s in steps]
+    return {"slowest_step": {k: slow[k] for k in ("sigma_t", "sigma_s", "kappa", "fitted_rate", "chebyshev_rate",
+                                                  "taylor_q")},
+            "max_k3_error": [worst3["geo_mean_relative_error"][2], worst3["geo_ci95"][2], worst3["sigma_t"],
+                             worst3["sigma_s"]],
+            "k_for_1e-3_every_step": None if None in need else max(need),
+            "max_error_over_bound": max(s["max_error_over_bound_above_rounding"] or 0.0 for s in steps)}
 
 
 def claim7(args) -> dict:
@@ -135,9 +154,10 @@ def claim7(args) -> dict:
                           "max_error_over_bound_above_rounding": float(ratio[above].max()) if bool(above.any())
                           else None})
         grids[str(T)] = steps
-    return {"claim": 7, "grid": GRID, "oracle": "lanczos_error.power_law_oracle(size=32): d = 1024, DCT power "
-            "(1 + |f|^2)^-1, per-pixel std 0.5", "ks": ks, "draws": args.draws, "generator_seed": "T",
-            "steps": grids, "seconds": time.time() - started}
+    return {"claim": 7, "summary": {T: summarize7(ks, steps) for T, steps in grids.items()}, "grid": GRID,
+            "oracle": "lanczos_error.power_law_oracle(size=32): d = 1024, DCT power (1 + |f|^2)^-1, per-pixel "
+            "std 0.5", "ks": ks, "draws": args.draws, "generator_seed": "T", "steps": grids,
+            "seconds": time.time() - started}
 
 
 def main(argv=None) -> int:
@@ -146,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--points", type=int, default=96, help="claim 6: x_t draws per step")
     parser.add_argument("--draws", type=int, default=32, help="claim 7: noise vectors per step")
+    parser.add_argument("--tail", action="store_true", help=f"claim 6: only {TAIL_NAMES} on the mixture at "
+                        f"T = {TAIL_T}, written to claim6_tail.json (about 5 min)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -153,11 +175,13 @@ def main(argv=None) -> int:
     result["command"] = "python benchmarks/claims/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result["torch"] = torch.__version__
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"claim{args.claim}.json"
+    stem = f"claim{args.claim}" + ("_tail" if args.tail and args.claim == 6 else "")
+    path = args.out / f"{stem}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     from plots import plot_claim  # noqa: PLC0415
 
-    plot_claim(result, args.out / f"claim{args.claim}.png")
+    if not args.tail:
+        plot_claim(result, args.out / f"{stem}.png")
     print(f"wrote {path} ({result['seconds']:.0f} s)")
     return 0
 
