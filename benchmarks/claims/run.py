@@ -1,8 +1,8 @@
 """Claims 6 and 7 of docs/claims.md: measure, write ``benchmarks/results/claims/claim<N>.{json,png}``.
 
-    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 6   # path KL vs T (about 7 min on one core)
+    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 6   # path KL vs T (about 4.5 min of CPU, one core)
     OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 6 --tail   # full vs isotropic at T = 1024-4096
-    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 7   # Lanczos square-root error vs k (about 1 min)
+    OMP_NUM_THREADS=1 python benchmarks/claims/run.py --claim 7   # Lanczos square-root error vs k (about 15 s)
 
 Every random number comes from ``torch.Generator().manual_seed(...)`` seeded as recorded in the JSON; the same
 command gives the same numbers.
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=96, help="claim 6: x_t draws per step")
     parser.add_argument("--draws", type=int, default=32, help="claim 7: noise vectors per step")
     parser.add_argument("--tail", action="store_true", help=f"claim 6: only {TAIL_NAMES} on the mixture at "
-                        f"T = {TAIL_T}, written to claim6_tail.json (about 5 min)")
+                        f"T = {TAIL_T}, written to claim6_tail.json (about 6 min of CPU)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
