@@ -17,7 +17,20 @@ def _reference_lines(ax, ts, anchor):
         ax.plot(ts, [anchor * (ts[0] / t) ** order for t in ts], ls, color="grey", lw=0.8, label=f"1/T^{order}")
 
 
-def plot_claim6(result: dict, path) -> None:
+def _plot_tail(ax, tail: dict) -> None:
+    """The --tail run's points (same estimator, larger T), hollow, in the samplers' colours."""
+    mix = tail["mixture"]
+    for n, cells in mix["mean_ci95"].items():
+        if n == "gap":
+            continue
+        color, marker = STYLE.get(n, ("k", "."))
+        means = [m for m, _ in cells]
+        err = [[m - c[0] for m, c in cells], [c[1] - m for m, c in cells]]
+        ax.errorbar(mix["T"], means, yerr=err, marker=marker, color=color, mfc="none", ls="--", ms=5, capsize=2,
+                    label=f"{n} (--tail)")
+
+
+def plot_claim6(result: dict, path, tail: dict | None = None) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (name, block) in zip(axes[:2], result["gaussian_closed_form"].items()):
         for n, vals in block["path_kl"].items():
@@ -39,7 +52,10 @@ def plot_claim6(result: dict, path) -> None:
         means = [m for m, _ in cells]
         err = [[m - c[0] for m, c in cells], [c[1] - m for m, c in cells]]
         ax.errorbar(ts, means, yerr=err, marker=marker, color=color, label=n, ms=4, capsize=2)
-    _reference_lines(ax, mix["T"], mix["mean_ci95"]["full"][0][0])
+    if tail is not None:
+        _plot_tail(ax, tail)
+    ts = mix["T"] + ([t for t in tail["mixture"]["T"] if t > mix["T"][-1]] if tail else [])
+    _reference_lines(ax, ts, mix["mean_ci95"]["full"][0][0])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_title(f"mixture d={mix['d']}, K={mix['components']}: MC over x_t, {len(mix['seeds'])} seeds, 95% CI",
@@ -75,5 +91,8 @@ def plot_claim7(result: dict, path) -> None:
     plt.close(fig)
 
 
-def plot_claim(result: dict, path) -> None:
-    (plot_claim6 if result["claim"] == 6 else plot_claim7)(result, path)
+def plot_claim(result: dict, path, tail: dict | None = None) -> None:
+    if result["claim"] == 6:
+        plot_claim6(result, path, tail)
+    else:
+        plot_claim7(result, path)

@@ -180,8 +180,13 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(result, indent=1) + "\n")
     from plots import plot_claim  # noqa: PLC0415
 
-    if not args.tail:
-        plot_claim(result, args.out / f"{stem}.png")
+    if args.claim == 7:
+        plot_claim(result, args.out / "claim7.png")
+    else:  # one figure from both claim-6 runs, whichever finished last
+        main_json, tail_json = args.out / "claim6.json", args.out / "claim6_tail.json"
+        if main_json.exists():
+            tail = json.loads(tail_json.read_text()) if tail_json.exists() else None
+            plot_claim(json.loads(main_json.read_text()), args.out / "claim6.png", tail)
     print(f"wrote {path} ({result['seconds']:.0f} s)")
     return 0
 
