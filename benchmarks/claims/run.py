@@ -108,6 +108,11 @@ def claim6(args) -> dict:
                                       for i, (a, b) in enumerate(zip(ts[:-1], ts[1:]))]
     return {"claim": 6, "grid": GRID, "chain": "eta = 1 (DDPM), T noisy steps, no final denoise",
             "gaussian_closed_form": closed,
+            "gaussian_oracles": "run.gaussian_oracles(): DenseGaussian on (1, 8, 8), zero mean, the covariance of "
+                                "lanczos_error.power_law_oracle(size=8) (DCT power (1 + |f|^2)^-1, per-pixel std 0.5) "
+                                "as is (stationary_dct) and with its eigenvalues in a random orthonormal basis "
+                                "(QR of a float64 randn(64, 64), generator seed 0: rotated); samplers "
+                                + ", ".join(GAUSS_NAMES),
             "mixture": {**mixture, "d": mix.d, "components": mix.k, "points_per_step": args.points,
                         "seeds": args.seeds, "generator_seed": "1000 * seed + T", "quadrature_order": 12,
                         "lanczos_directions": 16, "oracle": "pathkl.claim_mixture() (shape (1, 4, 4), 3 "
