@@ -1,0 +1,106 @@
+"""Claims 1 and 9 of docs/claims.md read off the committed evaluation grids (no new sampling).
+
+For each grid file, table and NFE budget: the claim's sampler against each named rival on the testbed's main
+metric, paired over the grid's shared seeds (``covkernels.intervals.paired``: a win is a 95% interval of the
+per-seed difference that excludes 0 on the better side). Writes ``benchmarks/results/claims/claim<N>_grids.
+{json,md}``.
+
+    python benchmarks/claims/from_grids.py --claim 1
+    python benchmarks/claims/from_grids.py --claim 9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from covkernels.intervals import paired
+from covkernels.testbeds import get_testbed
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+REAL = ("digits_ideal", "digits", "patches")
+ALL = ("gaussian", "gmm", *REAL)
+
+# claim -> list of (grid files, table, sampler, rivals); labels as the grids spell them
+CLAIMS = {
+    1: [([f"best/quality_{t}.json" for t in ALL], "best", "cov_ddim/dct", ["dpmpp_2m", "addim"]),
+        ([f"quality_{t}.json" for t in ALL], "default", "cov_ddim/dct", ["heun", "dpmpp_2m", "addim"])],
+    9: [([f"quality_{t}.json" for t in ALL], "default", "addim", ["ddim"])],
+}
+
+
+def cells_of(grid: dict) -> list[dict]:
+    cells = grid["cells"]
+    return list(cells.values()) if isinstance(cells, dict) else list(cells)
+
+
+def compare(path: Path, table: str, sampler: str, rivals: list[str]) -> list[dict]:
+    """One row per (NFE budget, rival) present in the grid."""
+    grid = json.loads(path.read_text())
+    testbed = get_testbed(grid["config"]["model"])
+    metric = testbed.main_metric
+    lower = testbed.metrics[metric][1]
+    index = {(c["table"], c["sampler"], c["nfe_budget"]): c for c in cells_of(grid)}
+    rows = []
+    for (tab, name, nfe), cell in sorted(index.items(), key=lambda kv: kv[0][2]):
+        if tab != table or name != sampler:
+            continue
+        for rival in rivals:
+            other = index.get((table, rival, nfe))
+            if other is None:
+                continue
+            cmp = paired(cell[f"{metric}_per_seed"], other[f"{metric}_per_seed"], lower)
+            rows.append({"grid": str(path.relative_to(RESULTS)), "testbed": grid["config"]["model"],
+                         "table": table, "nfe": nfe, "metric": metric, "lower_is_better": lower,
+                         "sampler": sampler, "rival": rival, "seeds": len(cell["seeds"]),
+                         "num_samples": grid["config"]["num_samples"],
+                         "options": grid["config"].get("options"), "steps": [cell["steps"], other["steps"]],
+                         "mean": [cell[metric], other[metric]], "diff": cmp["diff"],
+                         "diff_ci95": cmp["diff_ci95"], "verdict": cmp["verdict"], "relative": cmp["relative"]})
+    return rows
+
+
+def markdown(claim: int, rows: list[dict], command: str) -> str:
+    lines = [f"# Claim {claim} from the committed grids", "", f"Reproduce: `{command}`", "",
+             "Paired over each grid's shared seeds on the testbed's main metric; verdict of the first sampler "
+             "against the rival (win / loss where the 95% interval of the per-seed difference excludes 0).", "",
+             "| testbed | table | NFE | sampler [steps] | rival [steps] | sampler mean | rival mean | diff [95% CI] "
+             "| verdict |", "|---|---|---:|---|---|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['testbed']} | {r['table']} | {r['nfe']} | {r['sampler']} [{r['steps'][0]}] | "
+                     f"{r['rival']} [{r['steps'][1]}] | {r['mean'][0]:.4g} | {r['mean'][1]:.4g} | {r['diff']:+.3g} "
+                     f"[{r['diff_ci95'][0]:+.3g}, {r['diff_ci95'][1]:+.3g}] | {r['verdict']} |")
+    tally = {}
+    for r in rows:
+        key = (r["table"], r["rival"])
+        tally.setdefault(key, {"win": 0, "tie": 0, "loss": 0})[r["verdict"]] += 1
+    lines += ["", "Tally (win / tie / loss of the sampler):", ""]
+    lines += [f"- {table} schedule vs {rival}: {t['win']} / {t['tie']} / {t['loss']}" for (table, rival), t in
+              tally.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--claim", type=int, choices=sorted(CLAIMS), required=True)
+    parser.add_argument("--out", type=Path, default=RESULTS / "claims")
+    args = parser.parse_args(argv)
+    rows = []
+    for files, table, sampler, rivals in CLAIMS[args.claim]:
+        for name in files:
+            path = RESULTS / name
+            if path.exists():
+                rows += compare(path, table, sampler, rivals)
+    command = f"python benchmarks/claims/from_grids.py --claim {args.claim}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"claim{args.claim}_grids.json").write_text(json.dumps({"command": command, "rows": rows},
+                                                                          indent=1) + "\n")
+    text = markdown(args.claim, rows, command)
+    (args.out / f"claim{args.claim}_grids.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Figures of claims 6 and 7 (log-log path KL vs T; Lanczos error vs k), from the JSON that run.py writes."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {"ddpm_iso": ("tab:red", "o"), "iso_best": ("tab:orange", "o"), "hutch_pixel": ("tab:olive", "^"),
+         "diag_pixel": ("tab:green", "^"), "hutch_dct": ("tab:cyan", "s"), "diag_dct": ("tab:blue", "s"),
+         "lanczos_k1": ("tab:purple", "v"), "lanczos_k3": ("tab:pink", "D"), "full": ("black", "*"),
+         "gap": ("grey", "x")}
+
+
+def _reference_lines(ax, ts, anchor):
+    for order, ls in ((1, ":"), (2, "--")):
+        ax.plot(ts, [anchor * (ts[0] / t) ** order for t in ts], ls, color="grey", lw=0.8, label=f"1/T^{order}")
+
+
+def _plot_tail(ax, tail: dict) -> None:
+    """The --tail run's points (same estimator, larger T), hollow, in the samplers' colours."""
+    mix = tail["mixture"]
+    for n, cells in mix["mean_ci95"].items():
+        if n == "gap":
+            continue
+        color, marker = STYLE.get(n, ("k", "."))
+        means = [m for m, _ in cells]
+        err = [[m - c[0] for m, c in cells], [c[1] - m for m, c in cells]]
+        ax.errorbar(mix["T"], means, yerr=err, marker=marker, color=color, mfc="none", ls="--", ms=5, capsize=2,
+                    label=f"{n} (--tail)")
+
+
+def plot_claim6(result: dict, path, tail: dict | None = None) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, (name, block) in zip(axes[:2], result["gaussian_closed_form"].items()):
+        for n, vals in block["path_kl"].items():
+            if n in block.get("exact_to_rounding", {"full": 0}):
+                continue
+            color, marker = STYLE.get(n, ("k", "."))
+            ax.loglog(block["T"], vals, marker=marker, color=color, label=n)
+        _reference_lines(ax, block["T"], block["path_kl"]["iso_best"][0])
+        exact = block.get("exact_to_rounding", {"full": block["full_max_abs"]})
+        zeros = ", ".join(f"{n} <= {v:.0e}" for n, v in exact.items())
+        ax.set_title(f"Gaussian {name}, closed form; exact (not drawn): {zeros}", fontsize=9)
+    ax = axes[2]
+    mix = result["mixture"]
+    for n, cells in mix["mean_ci95"].items():
+        if n.startswith("lanczos_k") and n not in STYLE:
+            continue  # k = d coincides with full
+        color, marker = STYLE.get(n, ("k", "."))
+        ts = mix["T"][:len(cells)]
+        means = [m for m, _ in cells]
+        err = [[m - c[0] for m, c in cells], [c[1] - m for m, c in cells]]
+        ax.errorbar(ts, means, yerr=err, marker=marker, color=color, label=n, ms=4, capsize=2)
+    if tail is not None:
+        _plot_tail(ax, tail)
+    ts = mix["T"] + ([t for t in tail["mixture"]["T"] if t > mix["T"][-1]] if tail else [])
+    _reference_lines(ax, ts, mix["mean_ci95"]["full"][0][0])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(f"mixture d={mix['d']}, K={mix['components']}: MC over x_t, {len(mix['seeds'])} seeds, 95% CI",
+                 fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("T (eta = 1 steps, Karras grid)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("path KL (sum of per-step KL)")
+    axes[2].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_claim7(result: dict, path) -> None:
+    grids = result["steps"]
+    fig, axes = plt.subplots(1, len(grids), figsize=(5.2 * len(grids), 4.5), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (T, steps) in zip(axes[0], grids.items()):
+        for i, st in enumerate(steps):
+            color = cmap(i / max(len(steps) - 1, 1))
+            ax.semilogy(result["ks"], st["geo_mean_relative_error"], "o-", ms=3, color=color,
+                        label=f"{st['sigma_t']:.3g}->{st['sigma_s']:.3g}" if len(steps) <= 10 else None)
+        ax.axhline(1e-3, color="grey", ls=":", lw=0.8)
+        ax.set_title(f"Karras T={T}: relative error of the k-step Lanczos S^1/2 xi", fontsize=9)
+        ax.set_xlabel("Lanczos steps k")
+        ax.grid(True, which="both", alpha=0.3)
+        if len(steps) <= 10:
+            ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("|y_k - S^1/2 xi| / |S^1/2 xi| (geometric mean over draws)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_claim(result: dict, path, tail: dict | None = None) -> None:
+    if result["claim"] == 6:
+        plot_claim6(result, path, tail)
+    else:
+        plot_claim7(result, path)
