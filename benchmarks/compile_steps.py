@@ -10,15 +10,18 @@ whole samples with the model, side by side in one run; compile time reported sep
 Eager and compiled runs alternate within each round (``covkernels.bench.paired_times``), medians over
 rounds of the times and of the per-round ratios; the machine is shared with other jobs, so single rounds
 are noisy and only medians are reported. The compile time is the first compiled call minus the median
-steady compiled call. Writes JSON (with the device) and a Markdown table.
+steady compiled call; run with Inductor's on-disk caches off for a cold one. Writes JSON (with the device)
+and a Markdown table.
 
-    python benchmarks/compile_steps.py --repeats 7 --out benchmarks/results/compile_cpu
+    TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 python benchmarks/compile_steps.py --repeats 5 \
+        --out benchmarks/results/compile_cpu
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -87,7 +90,8 @@ def bench_config(name: str, repeats: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Eager vs compile=True on the CPU ({res['environment']['device']}, torch {res['environment']['torch']})",
+    env = res["environment"]
+    lines = [f"# Eager vs compile=True on the CPU ({env['device']}, torch {env['torch']})",
              "", f"Command: `{res['command']}`. Medians of {res['repeats']} rounds; eager and compiled alternate "
              "in each round; the compiled / eager column is the median of per-round ratios. The CPU is shared "
              "with other jobs (2 cores, 4 agents), so absolute times are noisy; the compile time is the first "
@@ -101,8 +105,8 @@ def markdown(res: dict) -> str:
                          f"{s['compile_s']:.1f} |")
         s = r["sample"]
         lines.append(f"| {name} | whole sample, cov_ddim 8 steps (model included) | "
-                     f"{'x'.join(map(str, r['sample_shape']))} | {1e3 * s['eager_s']:.0f} | {1e3 * s['compiled_s']:.0f} | "
-                     f"{s['compiled_over_eager']:.2f} | {s['compile_s']:.1f} |")
+                     f"{'x'.join(map(str, r['sample_shape']))} | {1e3 * s['eager_s']:.0f} | "
+                     f"{1e3 * s['compiled_s']:.0f} | {s['compiled_over_eager']:.2f} | {s['compile_s']:.1f} |")
     lines += ["", "Compiled samples vs eager (same seed): max |difference| "
               + ", ".join(f"{n} {r['sample']['max_abs_diff_vs_eager']:.2g} (scale {r['sample']['sample_scale']:.2g})"
                           for n, r in res["configs"].items())]
@@ -115,8 +119,11 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--out", default=None, help="path prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
+    # Inductor caches compiled code on disk across processes: a cold compile time needs them off
+    cold = os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1"
+    command = " ".join(["python benchmarks/compile_steps.py", *(argv if argv is not None else sys.argv[1:])])
     res = {"environment": environment(torch.device("cpu")), "repeats": args.repeats,
-           "command": "python benchmarks/compile_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "command": ("TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 " if cold else "") + command,
            "configs": {name: bench_config(name, args.repeats) for name in args.models}}
     text = markdown(res)
     print(text)
