@@ -11,9 +11,9 @@ index; the sigmas) travel as small CPU tensors (``key``: int64 ``[seed, sample_o
 ``sigmas``: float64): a compiled step then takes them as graph inputs and is compiled once per shape,
 where Python numbers would be baked into the graph and recompile it at every step.
 """
-from __future__ import annotations
 
-import dataclasses
+# No `from __future__ import annotations` here: custom_op reads the annotations as types to infer the
+# schema, and torch releases before string-annotation support (the GPU image's 2.11 included) need real ones.
 from typing import Optional, Sequence
 
 import torch
