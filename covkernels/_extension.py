@@ -67,20 +67,46 @@ def diagnose_missing(package_dir: str, error: BaseException) -> str:
             f"the build prints why it skipped a part")
 
 
+def parse_build_info(text: str) -> dict:
+    """``covkernels_cpu::build_info()`` ("openmp=1;torch=2.13.0;abi=stable;min_torch=2.10") as a dict."""
+    info = dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+    return {"openmp": info.get("openmp") == "1", "torch": info.get("torch", "?"), "abi": info.get("abi", "?"),
+            "min_torch": info.get("min_torch", "?")}
+
+
+def build_info() -> dict:
+    """What ``covkernels._C`` contains: ``openmp``, ``torch`` (the torch it was compiled with), ``abi``
+    ("stable": any torch >= ``min_torch``), ``cuda`` (whether the CUDA executor ``covkernels._C_cuda`` loads)."""
+    import torch  # the operators live in torch's dispatcher: torch.ops.covkernels_cpu
+
+    info = parse_build_info(torch.ops.covkernels_cpu.build_info())
+    info["cuda"] = cuda_extension() is not None
+    return info
+
+
 @functools.lru_cache(maxsize=None)
 def extension_status() -> tuple[object | None, str]:
-    """``(covkernels._C or None, what was built / why it cannot be loaded)``; cached per process."""
+    """``(covkernels._C or None, what was built / why it cannot be loaded)``; cached per process. Importing
+    ``covkernels._C`` registers the CPU kernels as ``torch.ops.covkernels_cpu.*`` (LibTorch stable ABI)."""
     try:
         from . import _C
     except ImportError as exc:
         return None, diagnose_missing(os.path.dirname(os.path.abspath(__file__)), exc)
-    info = _C.build_info()
+    except OSError as exc:  # a library that does not link against this torch (e.g. one older than 2.10)
+        return None, f"covkernels._C does not load with this torch ({exc}); it needs torch >= 2.10"
+    info = build_info()
     parts = "CPU kernels" + (" with OpenMP" if info["openmp"] else " (single-threaded: built without OpenMP)")
     parts += ", CUDA guided-step executor" if info["cuda"] else ", no CUDA part"
-    return _C, f"covkernels._C loaded ({parts}; built against torch {info['torch']})"
+    return _C, (f"covkernels._C loaded ({parts}; LibTorch stable ABI: built with torch {info['torch']}, runs "
+                f"with torch >= {info['min_torch']})")
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_extension():
-    """``covkernels._C`` when it was built with its CUDA part, else None."""
-    ext, _ = extension_status()
-    return ext if ext is not None and ext.build_info()["cuda"] else None
+    """``covkernels._C_cuda`` (the guided-step executor; built only with a CUDA build of torch and nvcc, on
+    the version-bound C++ API) when it loads, else None."""
+    try:
+        from . import _C_cuda
+    except ImportError:
+        return None
+    return _C_cuda

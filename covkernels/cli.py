@@ -79,7 +79,7 @@ def info_dict() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "extension": extension_status()[1],
-        "guided_step_executor": ("compiled (covkernels._C, CUDA streams + events)" if cuda_extension() is not None
+        "guided_step_executor": ("compiled (covkernels._C_cuda, CUDA streams + events)" if cuda_extension() is not None
                                  else "Python (torch.cuda streams + events; the compiled one needs the CUDA part)"),
         "backends": {name: {"available": ok, "why": why} for name, (ok, why) in backend_status().items()},
         "jvp_strategies": list(STRATEGIES),

@@ -1,4 +1,4 @@
-"""The CUDA part of ``covkernels._C`` from Python: the guided-step executor and graph-captured steps.
+"""The CUDA part of the extension (``covkernels._C_cuda``) from Python: the guided-step executor and graph-captured steps.
 
 * :func:`run_concurrently` - ``(main_fn(), side_fn())`` with ``side_fn`` (the unconditional forward of a
   guided step) on a side stream, overlapping ``main_fn`` (the conditional JVP): events both ways and
@@ -95,14 +95,14 @@ class CapturedStep:
 
     ``example_inputs``: CUDA tensors with the shapes/dtypes of later inputs. ``warmup`` eager calls on a
     side stream come first (Triton compilation, cuBLAS handles, allocator growth cannot be captured).
-    Needs the CUDA part of ``covkernels._C``.
+    Needs the compiled CUDA executor ``covkernels._C_cuda``.
     """
 
     def __init__(self, fn, *example_inputs: torch.Tensor, warmup: int = 2):
         ext = cuda_extension()
         if ext is None:
-            raise RuntimeError("CUDA-graph capture needs covkernels._C built with its CUDA part (torch with CUDA "
-                               "and nvcc at build time); `covkernels info` says what was built")
+            raise RuntimeError("CUDA-graph capture needs the compiled CUDA executor covkernels._C_cuda (built with "
+                               "a CUDA build of torch and nvcc); `covkernels info` says what was built")
         if not example_inputs or not all(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
             raise ValueError("example_inputs must be one or more CUDA tensors")
         self.inputs = [t.clone() for t in example_inputs]

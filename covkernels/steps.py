@@ -16,7 +16,7 @@ import torch
 
 from . import jvp as jvp_engine
 from .guidance import GuidedModel, as_guidance
-from .ops import dispatch
+from .ops import library
 from .ops.dct.reference import BASES, check_block, check_stride, frame_shifts, overlap_analysis, overlap_synthesis
 from .ops.noise.reference import ddim_mean, hutchinson_coefficients, work_dtype
 from .ops.rng.reference import STREAM_NOISE
@@ -115,7 +115,7 @@ class StepContext:
         self.model, self.extra = model, ({} if extra_args is None else extra_args)
         g = as_guidance(guidance)
         self.guided = None if g is None else GuidedModel(model, self.extra, g)
-        self.ops = dispatch.resolve(backend, x.device)
+        self.ops = library.resolve(backend, x.device)  # the registered torch.ops.covkernels ops
         if check_finite not in (True, False, "mean_only"):
             raise ValueError(f"check_finite must be True, False or 'mean_only', got {check_finite!r}")
         self.jvp_strategy, self.check_finite = jvp, bool(check_finite)

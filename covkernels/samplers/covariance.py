@@ -7,9 +7,16 @@ iterations). Each takes plain 1-NFE steps above ``cov_sigma_max`` (see :data:`CO
 from __future__ import annotations
 
 import torch
+from .. import compiled_steps
 from .. import steps as step_lib
 from .common import COV_SIGMA_MAX, check_inputs, context, covariance_loop
 from .registry import register
+
+
+def _check_compile(compile) -> bool:
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be a bool, got {compile!r}")
+    return compile
 
 
 @register("cov_ddim", family="covariance", needs_jvp=True, stochastic=True, windowed=True,
@@ -20,11 +27,14 @@ from .registry import register
 @torch.no_grad()
 def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
                     block=8, stride=None, c_max=1.0, channel_average=True, cov_sigma_max=COV_SIGMA_MAX,
-                    guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True):
+                    guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True,
+                    compile=False):
     """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step;
     ``stride`` (convdct only, dividing ``block``; None = ``block``): tiles every ``stride`` pixels, the
     overlapping ConvDCT frame (``steps.overlap_step``).
-    2 NFE per step with ``sigma <= cov_sigma_max``, 1 on the others and on the last (see COV_SIGMA_MAX)."""
+    2 NFE per step with ``sigma <= cov_sigma_max``, 1 on the others and on the last (see COV_SIGMA_MAX).
+    ``compile=True``: every step one ``torch.compile`` graph, compiled once per shape
+    (:mod:`covkernels.compiled_steps`)."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     step_lib.check_basis(basis, block, x)
@@ -37,6 +47,10 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
     c_max = step_lib.check_c_max(c_max, allow_none=True)
     cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
     ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    if _check_compile(compile):
+        return compiled_steps.structured_loop(ctx, x, sigmas, callback, disable, eta=eta, cov_sigma_max=cov_sigma_max,
+                                              basis=basis, block=block, channel_average=channel_average,
+                                              c_max=c_max, stride=stride)
     return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
         c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max,
         stride=stride), eta, cov_sigma_max)
@@ -48,15 +62,20 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
 @torch.no_grad()
 def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=1.0, probes=1,
                            c_max=1.0, cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto",
-                           generator=None, sample_offset=0, check_finite=True):
+                           generator=None, sample_offset=0, check_finite=True, compile=False):
     """Pixel-diagonal covariance from ``probes`` Hutchinson JVPs (training-free OCM-DDPM diagonal), no
-    channel averaging. ``1 + probes`` NFE per step with ``sigma <= cov_sigma_max``, 1 on the others."""
+    channel averaging. ``1 + probes`` NFE per step with ``sigma <= cov_sigma_max``, 1 on the others.
+    ``compile=True``: as for :func:`sample_cov_ddim`."""
     sigmas = check_inputs(x, sigmas)
     eta = step_lib.check_eta(eta)
     probes = step_lib.check_count(probes, "probes", 64)
     c_max = step_lib.check_c_max(c_max, allow_none=True)
     cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
     ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
+    if _check_compile(compile):
+        return compiled_steps.structured_loop(ctx, x, sigmas, callback, disable, eta=eta, cov_sigma_max=cov_sigma_max,
+                                              basis="identity", block=1, channel_average=False, c_max=c_max,
+                                              probes=probes)
     return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
         c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes),
         eta, cov_sigma_max)

@@ -6,21 +6,21 @@
 
 namespace covkernels {
 
-void block_dct2_out(const at::Tensor& x, at::Tensor& out, int64_t block, bool inverse) {
+void block_dct2_out(const Tensor& x, Tensor& out, int64_t block, bool inverse) {
   check_cpu_contiguous(x, "x");
   check_same(out, x, "out");
-  TORCH_CHECK(x.dim() >= 2, "x must have at least 2 dims (..., H, W)");
+  STD_TORCH_CHECK(x.dim() >= 2, "x must have at least 2 dims (..., H, W)");
   const int64_t h = x.size(-2), w = x.size(-1);
   check_block_tiles(block, h, w);
   if (x.numel() == 0) return;
   const int64_t planes = x.numel() / (h * w);
   const Tiling tiling(block, h, w);
   CK_DISPATCH_FLOATING(x.scalar_type(), "block_dct2", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = opmath_t<scalar_t>;
     const std::vector<acc_t> m = dct_matrix<acc_t>(block, inverse);
-    const scalar_t* src = x.data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, planes * tiling.items_per_plane, 1, [&](int64_t begin, int64_t end) {
+    const scalar_t* src = ptr<scalar_t>(x);
+    scalar_t* dst = ptr<scalar_t>(out);
+    parallel_for(0, planes * tiling.items_per_plane, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(2 * block * tiling.tile);
       acc_t *a = buf.data(), *tmp = a + block * tiling.tile;
       for (int64_t item = begin; item < end; ++item) {

@@ -24,8 +24,8 @@ template <typename Body>
 std::vector<double> chunked_sums(int64_t bsz, int64_t n, int64_t width, const Body& body) {
   const int64_t chunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
   std::vector<double> partial(static_cast<size_t>(bsz * chunks * width), 0.0);
-  const int64_t grain = bsz >= at::get_num_threads() ? chunks : 1;
-  at::parallel_for(0, bsz * chunks, grain, [&](int64_t first, int64_t last) {
+  const int64_t grain = bsz >= static_cast<int64_t>(torch::stable::get_num_threads()) ? chunks : 1;
+  parallel_for(0, bsz * chunks, grain, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item / chunks, begin = (item % chunks) * kChunk;
       body(b, begin, std::min(n, begin + kChunk), partial.data() + item * width);
@@ -49,22 +49,22 @@ double dot(const T* a, const T* b, int64_t lo, int64_t hi) {
 }
 
 template <typename T>
-std::tuple<at::Tensor, at::Tensor> lanczos_update_impl(const at::Tensor& aq, at::Tensor& basis, int64_t j,
+std::tuple<Tensor, Tensor> lanczos_update_impl(const Tensor& aq, Tensor& basis, int64_t j,
                                                        bool reorth, double tol, double tiny) {
   const int64_t k = basis.size(0), bsz = basis.size(1), n = bsz ? basis.numel() / (k * bsz) : 0;
   const int64_t first = reorth ? 0 : std::max<int64_t>(j - 1, 0);
   const int64_t rows = reorth ? j + 1 : std::min<int64_t>(j, 1) + 1;
-  T* q = basis.data_ptr<T>();
-  const T* a = aq.data_ptr<T>();
+  T* q = ptr<T>(basis);
+  const T* a = ptr<T>(aq);
   const int64_t row_stride = bsz * n;
   auto row = [&](int64_t i, int64_t b) { return q + (first + i) * row_stride + b * n; };
-  at::Tensor scratch;
+  Tensor scratch;
   T* w;
   if (j + 1 < k) {
     w = q + (j + 1) * row_stride;
   } else {  // last iteration: only beta is wanted
-    scratch = at::empty({bsz, n}, basis.options());
-    w = scratch.data_ptr<T>();
+    scratch = torch::stable::new_empty(basis, {bsz, n});
+    w = ptr<T>(scratch);
   }
 
   // pass 1: projections and the scale
@@ -108,10 +108,10 @@ std::tuple<at::Tensor, at::Tensor> lanczos_update_impl(const at::Tensor& aq, at:
     for (int64_t b = 0; b < bsz; ++b) norm2[b] = second[b * rows];
   }
 
-  at::Tensor h_out = at::zeros({bsz, j + 1}, basis.options());
-  at::Tensor beta_out = at::empty({bsz}, basis.options());
-  T* ho = h_out.data_ptr<T>();
-  T* bo = beta_out.data_ptr<T>();
+  Tensor h_out = torch::stable::new_zeros(basis, {bsz, j + 1});
+  Tensor beta_out = torch::stable::new_empty(basis, {bsz});
+  T* ho = ptr<T>(h_out);
+  T* bo = ptr<T>(beta_out);
   std::vector<T> inv(static_cast<size_t>(bsz));
   for (int64_t b = 0; b < bsz; ++b) {
     for (int64_t i = 0; i < rows; ++i) ho[b * (j + 1) + first + i] = static_cast<T>(h[b * rows + i]);
@@ -132,45 +132,45 @@ std::tuple<at::Tensor, at::Tensor> lanczos_update_impl(const at::Tensor& aq, at:
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> lanczos_update(const at::Tensor& aq, at::Tensor& basis, int64_t j,
+std::tuple<Tensor, Tensor> lanczos_update(const Tensor& aq, Tensor& basis, int64_t j,
                                                   bool reorthogonalize, double breakdown_tol, double tiny) {
   check_cpu_contiguous(basis, "basis");
   check_cpu_contiguous(aq, "aq");
-  TORCH_CHECK(basis.dim() >= 2, "basis must be (k, B, ...)");
-  TORCH_CHECK(basis.scalar_type() == at::kFloat || basis.scalar_type() == at::kDouble,
-              "basis must be float32 or float64, got ", basis.scalar_type());
-  TORCH_CHECK(aq.scalar_type() == basis.scalar_type(), "aq must have the dtype of basis");
-  TORCH_CHECK(aq.sizes() == basis.sizes().slice(1), "aq must have shape ", basis.sizes().slice(1));
-  TORCH_CHECK(j >= 0 && j < basis.size(0), "j must be in [0, k), got ", j);
-  return AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "lanczos_update", [&] {
+  STD_TORCH_CHECK(basis.dim() >= 2, "basis must be (k, B, ...)");
+  STD_TORCH_CHECK(basis.scalar_type() == ScalarType::Float || basis.scalar_type() == ScalarType::Double,
+              "basis must be float32 or float64");
+  STD_TORCH_CHECK(aq.scalar_type() == basis.scalar_type(), "aq must have the dtype of basis");
+  STD_TORCH_CHECK(same_sizes(basis, aq, 1), "aq must have shape ", shape_str(basis), "[1:]");
+  STD_TORCH_CHECK(j >= 0 && j < basis.size(0), "j must be in [0, k), got ", j);
+  return CK_DISPATCH_FLOAT_DOUBLE(basis.scalar_type(), "lanczos_update", [&] {
     return lanczos_update_impl<scalar_t>(aq, basis, j, reorthogonalize, breakdown_tol, tiny);
   });
 }
 
-void lanczos_synthesis_out(const at::Tensor& denoised, const at::Tensor& x_t, const at::Tensor& basis,
-                           const at::Tensor& coef, at::Tensor& out, double ratio) {
+void lanczos_synthesis_out(const Tensor& denoised, const Tensor& x_t, const Tensor& basis,
+                           const Tensor& coef, Tensor& out, double ratio) {
   check_cpu_contiguous(x_t, "x_t");
   check_same(denoised, x_t, "denoised");
   check_same(out, x_t, "out");
   check_cpu_contiguous(basis, "basis");
   check_cpu_contiguous(coef, "coef");
-  TORCH_CHECK(x_t.dim() >= 1 && basis.dim() == x_t.dim() + 1 && basis.sizes().slice(1) == x_t.sizes(),
+  STD_TORCH_CHECK(x_t.dim() >= 1 && basis.dim() == x_t.dim() + 1 && same_sizes(basis, x_t, 1),
               "basis must be (k, *x_t.shape)");
-  TORCH_CHECK(coef.dim() == 2 && coef.size(0) == x_t.size(0) && coef.size(1) <= basis.size(0),
+  STD_TORCH_CHECK(coef.dim() == 2 && coef.size(0) == x_t.size(0) && coef.size(1) <= basis.size(0),
               "coef must be (B, k') with k' <= k");
   const int64_t bsz = x_t.size(0), n = bsz ? x_t.numel() / bsz : 0, rows = coef.size(1);
   if (x_t.numel() == 0) return;
   CK_DISPATCH_FLOATING(x_t.scalar_type(), "lanczos_synthesis", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    TORCH_CHECK(basis.scalar_type() == c10::CppTypeToScalarType<acc_t>::value &&
+    using acc_t = opmath_t<scalar_t>;
+    STD_TORCH_CHECK(basis.scalar_type() == (std::is_same_v<acc_t, double> ? ScalarType::Double : ScalarType::Float) &&
                     coef.scalar_type() == basis.scalar_type(),
                 "basis and coef must have the accumulation dtype of x_t");
-    const scalar_t *d = denoised.data_ptr<scalar_t>(), *x = x_t.data_ptr<scalar_t>();
-    const acc_t *q = basis.data_ptr<acc_t>(), *cf = coef.data_ptr<acc_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t *d = ptr<scalar_t>(denoised), *x = ptr<scalar_t>(x_t);
+    const acc_t *q = ptr<acc_t>(basis), *cf = ptr<acc_t>(coef);
+    scalar_t* o = ptr<scalar_t>(out);
     const auto r = static_cast<acc_t>(ratio);
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-    at::parallel_for(0, bsz * chunks, 1, [&](int64_t first, int64_t last) {
+    parallel_for(0, bsz * chunks, 1, [&](int64_t first, int64_t last) {
       std::vector<acc_t> acc(kChunk);
       for (int64_t item = first; item < last; ++item) {
         const int64_t b = item / chunks, lo = (item % chunks) * kChunk, len = std::min(n, lo + kChunk) - lo;

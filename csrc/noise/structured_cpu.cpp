@@ -17,18 +17,18 @@ struct StripCursor {  // where a work item's strip lives in one (C, H, W) sample
 
 }  // namespace
 
-void probe_tangent_out(at::Tensor& out, Counters ctr, int64_t stream, int64_t block) {
+void probe_tangent_out(Tensor& out, Counters ctr, int64_t stream, int64_t block) {
   check_cpu_contiguous(out, "out");
-  TORCH_CHECK(out.dim() == 4, "out must be (B, C, H, W)");
+  STD_TORCH_CHECK(out.dim() == 4, "out must be (B, C, H, W)");
   const int64_t bsz = out.size(0), ch = out.size(1), h = out.size(2), w = out.size(3);
   check_block_tiles(block, h, w);
   if (out.numel() == 0) return;
   const Tiling tiling(block, h, w);
   CK_DISPATCH_FLOATING(out.scalar_type(), "probe_tangent", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = opmath_t<scalar_t>;
     const std::vector<acc_t> mt = dct_matrix<acc_t>(block, /*transpose=*/true);
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, bsz * ch * tiling.items_per_plane, 1, [&](int64_t begin, int64_t end) {
+    scalar_t* dst = ptr<scalar_t>(out);
+    parallel_for(0, bsz * ch * tiling.items_per_plane, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(2 * block * tiling.tile);
       acc_t *a = buf.data(), *tmp = a + block * tiling.tile;
       for (int64_t item = begin; item < end; ++item) {
@@ -49,16 +49,17 @@ void probe_tangent_out(at::Tensor& out, Counters ctr, int64_t stream, int64_t bl
   });
 }
 
-void structured_step_out(const at::Tensor& denoised, const at::Tensor& x_t, const at::Tensor& jvps,
-                         at::Tensor& out, Counters ctr, const StepParams& p) {
+void structured_step_out(const Tensor& denoised, const Tensor& x_t, const Tensor& jvps,
+                         Tensor& out, Counters ctr, const StepParams& p) {
   check_cpu_contiguous(x_t, "x_t");
-  TORCH_CHECK(x_t.dim() == 4, "x_t must be (B, C, H, W)");
+  STD_TORCH_CHECK(x_t.dim() == 4, "x_t must be (B, C, H, W)");
   check_same(denoised, x_t, "denoised");
   check_same(out, x_t, "out");
   check_cpu_contiguous(jvps, "jvps");
-  TORCH_CHECK(jvps.dim() == 5 && jvps.size(0) >= 1 && jvps.sizes().slice(1) == x_t.sizes(),
-              "jvps must be (P, B, C, H, W) with P >= 1 and (B, C, H, W) = ", x_t.sizes(), ", got ", jvps.sizes());
-  TORCH_CHECK(jvps.scalar_type() == x_t.scalar_type(), "jvps must have the dtype of x_t");
+  STD_TORCH_CHECK(jvps.dim() == 5 && jvps.size(0) >= 1 && same_sizes(jvps, x_t, 1),
+              "jvps must be (P, B, C, H, W) with P >= 1 and (B, C, H, W) = ", shape_str(x_t), ", got ",
+              shape_str(jvps));
+  STD_TORCH_CHECK(jvps.scalar_type() == x_t.scalar_type(), "jvps must have the dtype of x_t");
   const int64_t k = p.block, probes = jvps.size(0);
   const int64_t bsz = x_t.size(0), ch = x_t.size(1), h = x_t.size(2), w = x_t.size(3);
   check_block_tiles(k, h, w);
@@ -66,15 +67,15 @@ void structured_step_out(const at::Tensor& denoised, const at::Tensor& x_t, cons
   const Tiling tiling(k, h, w);
   const int64_t sample_size = ch * h * w;
   CK_DISPATCH_FLOATING(x_t.scalar_type(), "structured_step", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = opmath_t<scalar_t>;
     const std::vector<acc_t> m = dct_matrix<acc_t>(k, false), mt = dct_matrix<acc_t>(k, true);
-    const scalar_t *d_ptr = denoised.data_ptr<scalar_t>(), *x_ptr = x_t.data_ptr<scalar_t>();
-    const scalar_t* jv_ptr = jvps.data_ptr<scalar_t>();
-    scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    const scalar_t *d_ptr = ptr<scalar_t>(denoised), *x_ptr = ptr<scalar_t>(x_t);
+    const scalar_t* jv_ptr = ptr<scalar_t>(jvps);
+    scalar_t* out_ptr = ptr<scalar_t>(out);
     const auto ratio = static_cast<acc_t>(p.ratio), var0 = static_cast<acc_t>(p.var0);
     const auto scale2 = static_cast<acc_t>(p.scale2);
     const auto step = static_cast<uint32_t>(ctr.step);
-    at::parallel_for(0, bsz * tiling.items_per_plane, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, bsz * tiling.items_per_plane, 1, [&](int64_t begin, int64_t end) {
       const int64_t n = k * tiling.tile;
       std::vector<acc_t> buf(4 * n);
       acc_t *est = buf.data(), *a = est + n, *coef = a + n, *tmp = coef + n;

@@ -7,15 +7,15 @@
 
 namespace covkernels {
 
-void philox_normal_out(at::Tensor& out, Counters ctr, int64_t stream) {
+void philox_normal_out(Tensor& out, Counters ctr, int64_t stream) {
   check_cpu_contiguous(out, "out");
-  TORCH_CHECK(out.dim() >= 1, "out must have a batch dimension");
+  STD_TORCH_CHECK(out.dim() >= 1, "out must have a batch dimension");
   const int64_t total = out.numel();
   if (total == 0) return;
   const int64_t per_sample = total / out.size(0);
   CK_DISPATCH_FLOATING(out.scalar_type(), "philox_normal", [&] {
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
+    scalar_t* dst = ptr<scalar_t>(out);
+    parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
       int64_t b = begin / per_sample, e = begin % per_sample;
       for (int64_t i = begin; i < end; ++i) {
         dst[i] = static_cast<scalar_t>(philox_normal_at(ctr.seed, static_cast<uint32_t>(e),

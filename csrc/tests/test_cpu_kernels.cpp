@@ -1,6 +1,10 @@
 // C++ tests of the CPU kernels (run by ctest; the Python suite compares every op with the PyTorch
-// reference). Each check prints what failed; the exit status is the number of failures.
+// reference). Each check prints what failed; the exit status is the number of failures. The kernels take
+// torch::stable::Tensor (LibTorch stable ABI); the test builds its inputs and expectations with ATen and
+// hands the kernels stable views of the same tensors (the library is built for the stable ABI alone; this
+// test executable is not shipped, so it may use the full C++ API).
 #include <ATen/ATen.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
 
 #include <cstdio>
 #include <string>
@@ -8,9 +12,47 @@
 #include "covkernels/cpu_ops.h"
 #include "covkernels/philox.h"
 
-using namespace covkernels;
+using covkernels::Counters;
+using covkernels::PhiloxWords;
+using covkernels::philox4x32_10;
+using covkernels::uint_to_uniform;
 
 namespace {
+
+// A stable handle sharing at::Tensor `t`'s storage (what the kernels write, the at::Tensor sees), and back.
+covkernels::Tensor stable(const at::Tensor& t) {
+  return covkernels::Tensor(torch::aot_inductor::new_tensor_handle(at::Tensor(t)));
+}
+at::Tensor aten(const covkernels::Tensor& t) { return *torch::aot_inductor::tensor_handle_to_tensor_pointer(t.get()); }
+
+void philox_normal_out(const at::Tensor& out, Counters ctr, int64_t stream) {
+  auto o = stable(out);
+  covkernels::philox_normal_out(o, ctr, stream);
+}
+void block_dct2_out(const at::Tensor& x, const at::Tensor& out, int64_t block, bool inverse) {
+  auto o = stable(out);
+  covkernels::block_dct2_out(stable(x), o, block, inverse);
+}
+void probe_tangent_out(const at::Tensor& out, Counters ctr, int64_t stream, int64_t block) {
+  auto o = stable(out);
+  covkernels::probe_tangent_out(o, ctr, stream, block);
+}
+void structured_step_out(const at::Tensor& d, const at::Tensor& x, const at::Tensor& jv, const at::Tensor& out,
+                         Counters ctr, const covkernels::StepParams& p) {
+  auto o = stable(out);
+  covkernels::structured_step_out(stable(d), stable(x), stable(jv), o, ctr, p);
+}
+std::tuple<at::Tensor, at::Tensor> lanczos_update(const at::Tensor& aq, const at::Tensor& basis, int64_t j, bool reorth,
+                                                  double tol, double tiny) {
+  auto b = stable(basis);
+  auto [h, beta] = covkernels::lanczos_update(stable(aq), b, j, reorth, tol, tiny);
+  return {aten(h), aten(beta)};
+}
+void lanczos_synthesis_out(const at::Tensor& d, const at::Tensor& x, const at::Tensor& basis, const at::Tensor& coef,
+                           const at::Tensor& out, double ratio) {
+  auto o = stable(out);
+  covkernels::lanczos_synthesis_out(stable(d), stable(x), stable(basis), stable(coef), o, ratio);
+}
 
 int failures = 0;
 

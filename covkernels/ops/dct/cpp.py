@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ... import _C
+from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
 from ..common import alloc, contiguous
 from . import reference as ref
+
+C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
 
 
 def _blockwise(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:
@@ -20,7 +22,7 @@ def _blockwise(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:
     x = contiguous(x)
     out = alloc(x.shape, x.dtype, x.device)
     if x.numel():
-        _C.block_dct2(x, out, block, inverse)
+        C.block_dct2(x, out, block, inverse)
     return out
 
 

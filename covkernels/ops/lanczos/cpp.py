@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from ... import _C
+from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
 from ..common import alloc, contiguous
 from ..noise.reference import work_dtype
 from . import reference as ref
+
+C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
 
 krylov_sqrt_e1 = ref.krylov_sqrt_e1  # a batched k x k eigh: stays in torch
 
@@ -21,7 +23,7 @@ def lanczos_update(aq: torch.Tensor, basis: torch.Tensor, j: int, *, reorthogona
     if not basis.is_contiguous():
         raise ValueError("basis must be a contiguous (k, B, ...) tensor")
     tol = ref.breakdown_tolerance(aq.dtype)
-    h, beta = _C.lanczos_update(contiguous(aq.to(basis.dtype)), basis, j, bool(reorthogonalize), tol,
+    h, beta = C.lanczos_update(contiguous(aq.to(basis.dtype)), basis, j, bool(reorthogonalize), tol,
                                 torch.finfo(basis.dtype).tiny)
     return h, beta
 
@@ -34,5 +36,5 @@ def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down):
     x, d = contiguous(x_t), contiguous(denoised)
     coef = contiguous(g.to(wd) * xi_norm.to(wd).unsqueeze(-1))
     out = alloc(x.shape, x.dtype, x.device)
-    _C.lanczos_synthesis(d, x, contiguous(basis.to(wd)), coef, out, sigma_down / sigma_t)
+    C.lanczos_synthesis(d, x, contiguous(basis.to(wd)), coef, out, sigma_down / sigma_t)
     return out

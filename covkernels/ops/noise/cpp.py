@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from ... import _C
+from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
 from ..common import alloc, contiguous
 from ..dct import reference as dct_ref
-from ..rng.cpp import SEED_MASK
+from ..rng.cpp import signed_seed
 from ..rng.reference import STREAM_NOISE, STREAM_PROBE, check_counter_range
 from . import reference as ref
+
+C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
 
 
 def _check_basis(basis: str) -> None:
@@ -53,7 +55,7 @@ def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int
     k = _kernel_block(basis, block, shape)
     out = alloc(shape, dtype, device or "cpu")
     if out.numel():
-        _C.probe_tangent(_kernel_view(out, basis), int(seed) & SEED_MASK, sample_offset, step,
+        C.probe_tangent(_kernel_view(out, basis), signed_seed(seed), sample_offset, step,
                          STREAM_PROBE + index, k)
     return dct_ref.idct2(out) if basis == "dct" else out
 
@@ -73,7 +75,7 @@ def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, 
     dtype = x_t.dtype
     x = contiguous(x_t)
     # (seed, sample_offset, step, ratio, var0, scale2, c_max, block, channel_average, noise/probe streams)
-    params = (int(seed) & SEED_MASK, sample_offset, step, sigma_down / sigma_t, sigma_up ** 2,
+    params = (signed_seed(seed), sample_offset, step, sigma_down / sigma_t, sigma_up ** 2,
               (sigma_t - sigma_down) ** 2, c_max, k, bool(channel_average), STREAM_NOISE, STREAM_PROBE)
     if basis == "dct":
         # Dense transforms in torch; estimate -> std -> std * xi fused in coefficient space (block 1).
@@ -81,12 +83,12 @@ def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, 
         fjv = contiguous(dct_ref.dct2(jvps.to(wd)))
         noise = alloc(x.shape, wd, x.device)
         if x.numel():
-            _C.structured_step(noise, noise, fjv, noise, *params, True)  # D, x_t unread (noise only)
+            C.structured_step(noise, noise, fjv, noise, *params, True)  # D, x_t unread (noise only)
         return (ref.ddim_mean(denoised, x, sigma_t, sigma_down) + dct_ref.idct2(noise)).to(dtype)
     d, jv = contiguous(denoised), contiguous(jvps)
     out = alloc(x.shape, dtype, x.device)
     if x.numel():
         xv = _kernel_view(x, basis)
-        _C.structured_step(_kernel_view(d, basis), xv, jv.view(jv.shape[0], *xv.shape), _kernel_view(out, basis),
+        C.structured_step(_kernel_view(d, basis), xv, jv.view(jv.shape[0], *xv.shape), _kernel_view(out, basis),
                            *params, False)
     return out

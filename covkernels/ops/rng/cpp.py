@@ -10,11 +10,19 @@ import math
 
 import torch
 
-from ... import _C
+from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
 from ..common import alloc
 from .reference import STREAM_NOISE, check_counter_range
 
+C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
+
 SEED_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def signed_seed(seed: int) -> int:
+    """The 64-bit key as the operators' (signed) ``int``: the same 64 bits, read back as uint64 in C++."""
+    s = int(seed) & SEED_MASK
+    return s - (1 << 64) if s >= (1 << 63) else s
 
 
 def philox_normal(seed: int, shape, *, sample_offset: int = 0, step: int = 0, stream: int = STREAM_NOISE,
@@ -24,5 +32,5 @@ def philox_normal(seed: int, shape, *, sample_offset: int = 0, step: int = 0, st
     check_counter_range(shape, sample_offset)
     out = alloc(shape, dtype or torch.float32, device or "cpu")
     if math.prod(shape):
-        _C.philox_normal(out, int(seed) & SEED_MASK, sample_offset, step, stream)
+        C.philox_normal(out, signed_seed(seed), sample_offset, step, stream)
     return out

@@ -1,35 +1,106 @@
 // Helpers shared by the CPU kernels: dtype dispatch, argument checks, the K x K DCT matrix and the
-// separable transform of a strip of blocks.
+// separable transform of a strip of blocks. Only the LibTorch stable ABI (torch/csrc/stable, torch/headeronly)
+// is used, so the library works with every torch >= 2.10 (TORCH_TARGET_VERSION, set by setup.py).
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Exception.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
-
-// float32, float64, float16, bfloat16: one templated kernel body per op, no per-dtype copies.
-#define CK_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 namespace covkernels {
 
-inline void check_cpu_contiguous(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+using Tensor = torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+// Accumulation type of a storage type: float for the half types (as ATen's opmath_type).
+template <typename T>
+struct OpMath {
+  using type = T;
+};
+template <>
+struct OpMath<torch::headeronly::Half> {
+  using type = float;
+};
+template <>
+struct OpMath<torch::headeronly::BFloat16> {
+  using type = float;
+};
+template <typename T>
+using opmath_t = typename OpMath<T>::type;
+
+// float32, float64, float16, bfloat16: one templated kernel body per op, no per-dtype copies. The body (a
+// lambda) is written inside each case, so it sees that case's scalar_t.
+#define CK_CASE(ENUM, TYPE, ...) \
+  case ScalarType::ENUM: {       \
+    using scalar_t = TYPE;       \
+    return __VA_ARGS__();        \
+  }
+#define CK_DISPATCH_FLOATING(DTYPE, NAME, ...)                                       \
+  [&] {                                                                              \
+    switch (DTYPE) {                                                                 \
+      CK_CASE(Float, float, __VA_ARGS__)                                             \
+      CK_CASE(Double, double, __VA_ARGS__)                                           \
+      CK_CASE(Half, torch::headeronly::Half, __VA_ARGS__)                            \
+      CK_CASE(BFloat16, torch::headeronly::BFloat16, __VA_ARGS__)                    \
+      default:                                                                       \
+        STD_TORCH_CHECK(false, NAME, ": dtype must be float32/float64/float16/bfloat16"); \
+    }                                                                                \
+  }()
+#define CK_DISPATCH_FLOAT_DOUBLE(DTYPE, NAME, ...)               \
+  [&] {                                                          \
+    switch (DTYPE) {                                             \
+      CK_CASE(Float, float, __VA_ARGS__)                         \
+      CK_CASE(Double, double, __VA_ARGS__)                       \
+      default:                                                   \
+        STD_TORCH_CHECK(false, NAME, ": dtype must be float32/float64"); \
+    }                                                            \
+  }()
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
 }
 
-inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* name) {
+inline std::string shape_str(const Tensor& t) {
+  std::string s = "(";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + ")";
+}
+
+// sizes of `t` from dimension `from` on equal those of `like`
+inline bool same_sizes(const Tensor& t, const Tensor& like, int64_t from = 0) {
+  if (t.dim() - from != like.dim()) return false;
+  for (int64_t d = 0; d < like.dim(); ++d)
+    if (t.size(d + from) != like.size(d)) return false;
+  return true;
+}
+
+inline void check_cpu_contiguous(const Tensor& t, const char* name) {
+  STD_TORCH_CHECK(t.is_cpu(), name, " must be a CPU tensor");
+  STD_TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+inline void check_same(const Tensor& t, const Tensor& like, const char* name) {
   check_cpu_contiguous(t, name);
-  TORCH_CHECK(t.sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
-              t.scalar_type());
+  STD_TORCH_CHECK(same_sizes(t, like), name, " must have shape ", shape_str(like), ", got ", shape_str(t));
+  STD_TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have the dtype of x_t");
 }
 
 inline void check_block_tiles(int64_t block, int64_t h, int64_t w) {
-  TORCH_CHECK(block >= 1 && h % block == 0 && w % block == 0, "block=", block, " does not tile ", h, "x", w);
+  STD_TORCH_CHECK(block >= 1 && h % block == 0 && w % block == 0, "block=", block, " does not tile ", h, "x", w);
+}
+
+template <class F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  torch::stable::parallel_for(begin, end, grain, f);  // ATen's intra-op pool (OpenMP), through the C shim
 }
 
 // Orthonormal DCT-II matrix (k x k, row-major: coeffs = M signal), computed in double and rounded once,

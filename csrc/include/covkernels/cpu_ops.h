@@ -2,13 +2,14 @@
 // (shapes and semantics in its docstring) and writes into a caller-allocated `out` (the Python side
 // NaN-poisons it first, so an element a kernel forgets to write fails the tests). Storage dtypes: float32,
 // float64, float16, bfloat16; arithmetic in float32 (float64 for float64 tensors). Threads: ATen's intra-op
-// pool (OpenMP), i.e. torch.get_num_threads().
+// pool (OpenMP), i.e. torch.get_num_threads(). Tensors are torch::stable::Tensor (LibTorch stable ABI).
 #pragma once
 
-#include <ATen/ATen.h>
-
+#include <cstdint>
 #include <optional>
 #include <tuple>
+
+#include "covkernels/cpu_common.h"
 
 namespace covkernels {
 
@@ -21,14 +22,14 @@ struct Counters {
 };
 
 // out (B, ...): standard normals at counters (flat index within the sample, sample_offset + b, step, stream).
-void philox_normal_out(at::Tensor& out, Counters ctr, int64_t stream);
+void philox_normal_out(Tensor& out, Counters ctr, int64_t stream);
 
 // Orthonormal blockwise DCT-II (inverse = transpose) of every block x block tile of the last two dims,
 // coefficients in place. x, out: (..., H, W) with H, W multiples of block; block = 1 is the identity.
-void block_dct2_out(const at::Tensor& x, at::Tensor& out, int64_t block, bool inverse);
+void block_dct2_out(const Tensor& x, Tensor& out, int64_t block, bool inverse);
 
 // out (B, C, H, W): the probe tangent F^T z, z the Rademacher probe at `stream` (block = 1: F = I).
-void probe_tangent_out(at::Tensor& out, Counters ctr, int64_t stream, int64_t block);
+void probe_tangent_out(Tensor& out, Counters ctr, int64_t stream, int64_t block);
 
 struct StepParams {
   double ratio;   // sigma_down / sigma_t
@@ -45,18 +46,18 @@ struct StepParams {
 // The whole cov_ddim / diag_hutchinson update: out = m + F^T(sqrt(var0 + scale2 * c) * xi),
 // m = D + ratio (x_t - D), c = clamp(mean_p z_p * (F Jv_p)) (channel-averaged). denoised, x_t, out:
 // (B, C, H, W); jvps: (P, B, C, H, W); all contiguous, one dtype.
-void structured_step_out(const at::Tensor& denoised, const at::Tensor& x_t, const at::Tensor& jvps,
-                         at::Tensor& out, Counters ctr, const StepParams& p);
+void structured_step_out(const Tensor& denoised, const Tensor& x_t, const Tensor& jvps,
+                         Tensor& out, Counters ctr, const StepParams& p);
 
 // One Lanczos iteration (reference: lanczos_update). aq (B, N) with basis' dtype; basis (k, B, N)
 // float32/float64, rows 0..j filled; writes q_{j+1} into basis[j + 1] when that row exists.
 // Returns (h (B, j + 1), beta (B,)).
-std::tuple<at::Tensor, at::Tensor> lanczos_update(const at::Tensor& aq, at::Tensor& basis, int64_t j,
+std::tuple<Tensor, Tensor> lanczos_update(const Tensor& aq, Tensor& basis, int64_t j,
                                                   bool reorthogonalize, double breakdown_tol, double tiny);
 
 // out = D + ratio (x_t - D) + sum_j coef[b, j] basis[j]. denoised, x_t, out (B, N); basis (k, B, N) in
 // the accumulation dtype of x_t; coef (B, k') in that dtype, k' <= k.
-void lanczos_synthesis_out(const at::Tensor& denoised, const at::Tensor& x_t, const at::Tensor& basis,
-                           const at::Tensor& coef, at::Tensor& out, double ratio);
+void lanczos_synthesis_out(const Tensor& denoised, const Tensor& x_t, const Tensor& basis,
+                           const Tensor& coef, Tensor& out, double ratio);
 
 }  // namespace covkernels
