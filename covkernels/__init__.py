@@ -7,7 +7,8 @@ module that only needs ``covkernels._C`` or ``covkernels.ops`` do not pay for to
 """
 from __future__ import annotations
 
-import importlib
+import importlib as _importlib
+import importlib.util as _importlib_util
 
 from ._version import __version__  # noqa: F401
 
@@ -39,11 +40,11 @@ def _sampler_functions() -> list[str]:
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+        value = getattr(_importlib.import_module(_PUBLIC[name], __name__), name)
     elif name.startswith("sample_") and name in _sampler_functions():
-        value = getattr(importlib.import_module(".samplers", __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+        value = getattr(_importlib.import_module(".samplers", __name__), name)
+    elif name in _SUBMODULES or (not name.startswith("__") and _importlib_util.find_spec(f"{__name__}.{name}")):
+        value = _importlib.import_module(f".{name}", __name__)  # any submodule, as an eager root made them
     elif name == "__all__":
         value = ["info", "__version__", *_PUBLIC, *_sampler_functions()]
     else:
@@ -53,4 +54,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC) | set(_SUBMODULES) | set(_sampler_functions()))
+    public = {n for n in globals() if not n.startswith("_") or n in ("__version__", "__all__")}
+    return sorted(public | set(_PUBLIC) | set(_SUBMODULES) | set(_sampler_functions()))

@@ -75,7 +75,8 @@ def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None) -> list[s
 
     out = []
     steps = len(sigmas) - 1
-    if spec(args.sampler).needs_jvp and nfe_per_sample(args.sampler, sigmas, **(opts or {})) == steps:
+    # a windowed covariance sampler spends more than 1 NFE on every covariance step (ode_cov always draws)
+    if spec(args.sampler).windowed and nfe_per_sample(args.sampler, sigmas, **(opts or {})) == steps:
         out.append(f"{args.sampler} with {steps} step{'s' if steps != 1 else ''} takes no covariance step: the step "
                    f"to sigma 0 returns the mean and steps from above --cov-sigma-max are plain DDIM steps, so this "
                    f"samples like ddim; use more --steps (or a larger --cov-sigma-max)")

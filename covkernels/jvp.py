@@ -18,7 +18,10 @@ Strategies (``jvp=`` option of every covariance sampler):
   :data:`AGREEMENT_RTOL`, and picks the fastest agreeing one (timed on a second run). The choice is cached
   per *network*: wrappers (a diffusers or flow adapter, k-diffusion's ``inner_model`` wrappers, a counting
   wrapper) are looked through, so a new wrapper object around the same network (the one-call diffusers
-  helper builds one per call) reuses it. :func:`auto_choices` (and ``covkernels.info()``) report every
+  helper builds one per call) reuses it. The key is the network, the chain of wrapper types and the event
+  signature, not a wrapper's settings: two wrappers of one class that run the same network differently (a
+  cast to another dtype inside, a custom call hook) share a choice; pin ``jvp=`` for such a pair. The probe
+  runs on the whole batch when ``extra_args`` hold containers (nested per-sample arguments). :func:`auto_choices` (and ``covkernels.info()``) report every
   decision of the process, also after its model is gone, with the probe's cost and every skipped
   strategy's reason; an INFO line goes to the ``covkernels.jvp`` logger. The probe's model calls are not
   the run's: :func:`probing` is True while they run, and evaluation-counting wrappers skip them. If
@@ -307,7 +310,10 @@ def _agreeing(results: dict, dtype) -> tuple[dict, list]:
 def _select(model, x, sigma, v, extra, primal):
     """Probe the candidates on the first :data:`PROBE_BATCH` samples, keep the agreeing ones, cache and
     return ``(AutoChoice or None, the probe's result when it covered the whole batch, else None)``."""
-    b = min(x.shape[0], PROBE_BATCH)
+    # Per-sample arguments nested in containers (e.g. SDXL's added_cond_kwargs) cannot be cut reliably:
+    # then the probe runs on the whole batch, as it did before the small probe.
+    nested = any(isinstance(val, (dict, list, tuple)) for val in extra.values())
+    b = x.shape[0] if nested else min(x.shape[0], PROBE_BATCH)
     whole = b == x.shape[0]
     if not whole:
         extra = {k: val[:b] if _per_sample(val, x.shape[0]) else val for k, val in extra.items()}

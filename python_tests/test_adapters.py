@@ -153,3 +153,26 @@ def test_text_conditioned_unet_with_guidance():
         out = ck.get_sampler(sampler)(model, x, sigmas, extra_args={"encoder_hidden_states": text}, disable=True,
                                       generator=gen(3), guidance=guidance, **options)
         assert out.shape == x.shape and bool(torch.isfinite(out).all())
+
+
+def test_latent_decode_adds_the_vae_shift_factor():
+    """SD3 / Flux VAEs: latents = (z - shift) * scale, so decoding adds the shift back (as diffusers does)."""
+    from covkernels.adapters.diffusers import sample
+
+    def pipe_with(shift):
+        class FakeVAE:
+            config = type("C", (), {"scaling_factor": 4.0, "shift_factor": shift})()
+
+            def decode(self, z):
+                return type("D", (), {"sample": z[:, :3]})()
+
+        return type("LatentPipe", (), {"unet": tiny_unet().float(), "vae": FakeVAE(),
+                                       "scheduler": diffusers.DDIMScheduler(clip_sample=False)})()
+
+    torch.manual_seed(0)
+    plain = sample(pipe_with(None), sampler="ddim", num_inference_steps=2, generator=gen(0), disable=True)
+    torch.manual_seed(0)
+    shifted = sample(pipe_with(0.2), sampler="ddim", num_inference_steps=2, generator=gen(0), disable=True)
+    inside = (plain > 0) & (plain < 0.9)  # away from the [0, 1] clamp
+    assert bool(inside.any())
+    torch.testing.assert_close(shifted[inside], plain[inside] + 0.1)  # + shift / 2 in [0, 1] units

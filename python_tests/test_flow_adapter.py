@@ -283,3 +283,43 @@ def test_the_noise_end_step_against_starting_at_1_minus_delta(gmm, sampler, kind
         assert min(errors) > 1e-2 and max(errors) / min(errors) < 1.2, errors
     else:
         assert errors[2] > 1e3 * errors[1] > 1e6 * errors[0] > 1, errors
+
+
+def test_one_step_grid_checks_the_noise_end_and_refuses_unknown_options():
+    def nan_net(z, t):
+        return z * float("nan")
+
+    eps = torch.randn(2, 3, 4, 4, generator=gen(5))
+    with pytest.raises(ck.NonFiniteError, match="noise-end step"):
+        sample_flow(FlowDenoiser(nan_net, "x0"), "ddim", [math.inf, 0.0], noise=eps, disable=True)
+    model = FlowDenoiser(lambda z, t: torch.zeros_like(z), "x0")
+    with pytest.raises(TypeError, match=r"'ddim' takes no option\(s\) \['bogus'\]"):
+        sample_flow(model, "ddim", [math.inf, 0.0], noise=eps, disable=True, bogus=1)
+
+
+def test_epsilon_prediction_stays_finite_at_a_large_finite_sigma():
+    model = FlowDenoiser(lambda z, t: torch.zeros_like(z), "epsilon")
+    x = torch.ones(1, 1, 2, 2)
+    d = model(x, torch.tensor([1e8]))
+    assert bool(torch.isfinite(d).all())
+    torch.testing.assert_close(d, x)  # eps = 0: D = z / (1 - s) = x
+
+
+def test_guided_noise_end_takes_an_adapter_as_the_unconditional_model():
+    gauss = get_model("gaussian", size=4)
+    cond = FlowDenoiser(flow_net(gauss, "x0", 1, 1.0), "x0")
+    uncond = FlowDenoiser(flow_net(gauss, "x0", 1, 1.0), "x0")
+    class Adapter(torch.nn.Module):  # e.g. a DiffusersDenoiser on a flow scheduler: the flow model as .flow
+        def __init__(self, flow):
+            super().__init__()
+            self.flow = flow
+
+        def forward(self, x, sigma, **extra):
+            return self.flow(x, sigma, **extra)
+
+    adapter = Adapter(uncond)
+    eps = torch.randn(2, 3, 4, 4, generator=gen(6), dtype=torch.float64)
+    sigmas = flow_times_to_sigmas(flow_times(3))
+    guided = sample_flow(cond, "ddim", sigmas, noise=eps, disable=True, guidance=ck.Guidance(2.0, uncond_model=adapter))
+    plain = sample_flow(cond, "ddim", sigmas, noise=eps, disable=True)
+    torch.testing.assert_close(guided, plain)  # the same network on both branches: guidance changes nothing

@@ -24,7 +24,8 @@ def test_names_of_methods_we_implement_give_ours(name, ours):
 
 def test_no_name_is_both_ours_and_foreign():
     assert not set(kd.FOREIGN) & set(kd.SAMPLERS)
-    assert {"dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde", "uni_pc"} <= set(kd.FOREIGN)
+    assert {"dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde"} <= set(kd.FOREIGN)
+    assert not set(kd.NOT_DROP_IN) & (set(kd.FOREIGN) | set(kd.SAMPLERS))
 
 
 @pytest.fixture
@@ -52,20 +53,30 @@ def test_a_foreign_name_comes_from_the_installed_tool(no_foreign_tools, monkeypa
     monkeypatch.setitem(sys.modules, "k_diffusion.sampling", sampling)
     assert kd.get_sampler("lms") is sample_lms
     assert kd.get_sampler("sample_lms") is sample_lms
-    with pytest.raises(ValueError, match="k_diffusion.sampling has no sample_dpm_fast"):
-        kd.get_sampler("dpm_fast")
+    with pytest.raises(ValueError, match="k_diffusion.sampling has no sample_heunpp2"):
+        kd.get_sampler("heunpp2")
 
 
 def test_comfyui_copy_is_tried_after_k_diffusion(no_foreign_tools, monkeypatch):
-    def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None):
         return x
 
     sampling = types.ModuleType("comfy.k_diffusion.sampling")
-    sampling.sample_uni_pc = sample_uni_pc
+    sampling.sample_res_multistep = sample_res_multistep
     for name in ("comfy", "comfy.k_diffusion"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "comfy.k_diffusion.sampling", sampling)
-    assert kd.get_sampler("uni_pc") is sample_uni_pc
+    assert kd.get_sampler("res_multistep") is sample_res_multistep
+
+
+@pytest.mark.parametrize("name, why", [
+    pytest.param("uni_pc", "bh1 variant", id="comfy-uni_pc"),
+    pytest.param("dpm_fast", "sigma_min, sigma_max, n", id="dpm_fast"),
+    pytest.param("dpm_adaptive", "sigma_min, sigma_max", id="dpm_adaptive"),
+])
+def test_names_that_are_not_drop_in_say_why(name, why):
+    with pytest.raises(ValueError, match=f"{name!r} is not available as a k-diffusion-style function: .*{why}"):
+        kd.get_sampler(name)
 
 
 def test_unknown_name_lists_both_sets():

@@ -268,7 +268,9 @@ def sample(pipe_or_unet, scheduler=None, sampler: str | None = None, num_inferen
         out = s_spec.fn(denoiser, x, sigmas, extra_args=extra_args, disable=disable, generator=generator,
                         **options)
     if vae is not None:
-        out = vae.decode(out / vae.config.scaling_factor).sample
+        # SD3 / Flux VAEs also shift their latents (diffusers' pipelines add shift_factor back before decoding)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        out = vae.decode(out / vae.config.scaling_factor + shift).sample
     return (out / 2 + 0.5).clamp(0, 1)
 
 

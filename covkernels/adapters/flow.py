@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..steps import NonFiniteError
 from .guards import covariance_window, warn_if_latent
 
 __all__ = ["FlowDenoiser", "PREDICTIONS", "dynamic_shift_mu", "flow_times", "flow_times_to_sigmas", "sample_flow",
@@ -44,8 +45,9 @@ class FlowDenoiser(torch.nn.Module):
     Args:
         net: the network; called as ``net(z, t, **extra_args)`` with ``t`` a ``(B,)`` tensor of its own time
             (``call`` changes how it is called). Outputs with a ``.sample`` field or tuples are unpacked.
-        prediction: what the network returns: ``"velocity"`` (``dz/dt`` in the network's own time, i.e.
-            ``k eps - x0`` for ``noise_at=1`` and its negative for ``noise_at=0``), ``"x0"`` (the clean image,
+        prediction: what the network returns: ``"velocity"`` (the derivative of ``z`` in unit flow time in the
+            network's direction, i.e. ``k eps - x0`` for ``noise_at=1`` and its negative for ``noise_at=0``,
+            whatever ``time_scale``: diffusers' flow models take t in [0, 1000] and predict that velocity), ``"x0"`` (the clean image,
             JiT-style x-prediction) or ``"epsilon"`` (the noise ``eps``; undefined at the noise end).
         noise_at: 1 if the network's ``t = 1`` is pure noise (SD3, Flux, diffusers), 0 if its ``t = 0`` is
             (JiT, PixNerd): such a network is called with ``t = 1 - s``.
@@ -120,7 +122,8 @@ class FlowDenoiser(torch.nn.Module):
         if bool((s64 >= 1).any()):
             raise ValueError("an epsilon-prediction flow model has no x0 estimate at the noise end (s = 1, "
                              "sigma = inf): start the schedule below it (e.g. s = 1 - 1/1000 as diffusers does)")
-        return (z - sv * self.noise_scale * out) / (1 - sv)
+        # 1 / (1 - s) in float64: at a large finite sigma s rounds to 1 in the sample's dtype
+        return (z - sv * self.noise_scale * out) * _bcast(1 / (1 - s64), z)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
         sig = torch.as_tensor(sigma, device=x.device).reshape(-1)
@@ -265,8 +268,13 @@ def sample_flow(model: FlowDenoiser, sampler: str, sigmas, *, noise: torch.Tenso
     warn_if_latent(sampler, s_spec.family, eps.shape[1], has_vae=has_vae)
     denoiser, options = with_guidance(model, sampler, g, options)
     tail = torch.as_tensor(sigmas).reshape(-1).to(eps.device, eps.dtype)  # k-diffusion promotes x to sigmas dtype
+    unknown = sorted(set(options) - set(s_spec.options()))
+    if unknown:  # refused here too: the one-step grid below never reaches the sampler's own check
+        raise TypeError(f"sample_flow: {sampler!r} takes no option(s) {unknown}; its options: {list(s_spec.options())}")
     if math.isinf(float(sig[0])):
         d_end = _noise_end_denoised(flow, eps * flow.noise_scale, extra, g)
+        if not bool(torch.isfinite(d_end).all()):
+            raise NonFiniteError("the model returned NaN/Inf (denoised) at the noise-end step (s = 1, sigma = inf)")
         if float(sig[1]) == 0:
             return d_end
         x = d_end + eps * float(sig[1])
@@ -314,7 +322,7 @@ def _noise_end_denoised(model: FlowDenoiser, z: torch.Tensor, extra: dict, g) ->
         d_cond = model.denoise_flow(z, s, **extra)
         if g is None or not bool(g.active(torch.tensor([math.inf])).all()):
             return d_cond
-        uncond = g.uncond_model or model
+        uncond = getattr(g.uncond_model, "flow", g.uncond_model) or model
         if not isinstance(uncond, FlowDenoiser):
             raise TypeError("guidance uncond_model must be a FlowDenoiser to guide the step from the noise end")
         d_uncond = uncond.denoise_flow(z, s, **(g.uncond_args or {}))

@@ -10,9 +10,11 @@ callback, disable, **options)`` and accept k-diffusion's ``Denoiser``/``VDenoise
   method under the other tools' names, e.g. ``"euler"`` = ``ddim``, ``"uni_pc_bh2"`` = ``unipc``) gives the
   covkernels function, bit-compatible where the README says so;
 * a name of :data:`FOREIGN` (k-diffusion / ComfyUI samplers with no covkernels implementation: ``dpm_2``,
-  ``lms``, ``dpmpp_sde``, ComfyUI's ``uni_pc`` (its bh1 variant), ...) gives that tool's own function when
-  its package is importable (``k_diffusion.sampling``, then ComfyUI's ``comfy.k_diffusion.sampling``), and
-  otherwise a ValueError saying which package provides it and how to install it beside covkernels;
+  ``lms``, ``dpmpp_sde``, ...) gives that tool's own function when its package is importable
+  (``k_diffusion.sampling``, then ComfyUI's ``comfy.k_diffusion.sampling``), and otherwise a ValueError
+  saying which package provides it and how to install it beside covkernels;
+* a name of :data:`NOT_DROP_IN` (ComfyUI's ``uni_pc``, k-diffusion's ``dpm_fast`` / ``dpm_adaptive``: not
+  functions of a sigma schedule) is a ValueError saying why and what to use;
 * any other name is a ValueError listing both sets.
 
 Only aliases of the same update rule are listed: ComfyUI's ``ddim`` / ``ddpm`` samplers use their own
@@ -29,11 +31,22 @@ SAMPLERS = {name: _samplers.get_sampler(name) for name in _samplers.SAMPLERS}
 ALIASES = {"euler": "ddim", "euler_ancestral": "ddpm", "uni_pc_bh2": "unipc"}
 SAMPLERS.update({alias: SAMPLERS[name] for alias, name in ALIASES.items()})
 
-# Samplers of k-diffusion (and ComfyUI's copy of it) that covkernels does not implement.
-FOREIGN = ("dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_sde",
-           "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu", "dpmpp_sde_gpu", "heunpp2", "lcm", "uni_pc", "deis",
+# Samplers of k-diffusion (and ComfyUI's copy of it) that covkernels does not implement, with k-diffusion's
+# signature (model, x, sigmas, extra_args, callback, disable, ...).
+FOREIGN = ("dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
+           "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu", "dpmpp_sde_gpu", "heunpp2", "lcm", "deis",
            "res_multistep", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
            "dpmpp_2m_cfg_pp", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "sa_solver")
+# Names users type that are not drop-in sampler functions of either tool: why, and what to use instead.
+NOT_DROP_IN = {
+    "uni_pc": "ComfyUI's uni_pc is UniPC's bh1 variant, in comfy.extra_samplers.uni_pc behind ComfyUI's own "
+              "wrapper, not a k-diffusion-signature function; covkernels' unipc is the bh2 variant (ComfyUI's "
+              "uni_pc_bh2)",
+    "dpm_fast": "k-diffusion's sample_dpm_fast takes (model, x, sigma_min, sigma_max, n), not a sigma schedule; "
+                "call k_diffusion.sampling.sample_dpm_fast directly",
+    "dpm_adaptive": "k-diffusion's sample_dpm_adaptive takes (model, x, sigma_min, sigma_max), not a sigma "
+                    "schedule; call k_diffusion.sampling.sample_dpm_adaptive directly",
+}
 # Where each tool keeps its sampler functions, in the order they are tried.
 FOREIGN_MODULES = ("k_diffusion.sampling", "comfy.k_diffusion.sampling")
 
@@ -67,5 +80,7 @@ def get_sampler(name: str):
         return SAMPLERS[name]
     if name in FOREIGN:
         return _foreign(name)
+    if name in NOT_DROP_IN:
+        raise ValueError(f"sampler {name!r} is not available as a k-diffusion-style function: {NOT_DROP_IN[name]}")
     raise ValueError(f"sampler must be one of {sorted(SAMPLERS)} (covkernels) or {sorted(FOREIGN)} (k-diffusion / "
                      f"ComfyUI, when installed), got {name!r}")
