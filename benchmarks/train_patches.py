@@ -176,8 +176,8 @@ def check_metrics(seeds: int = 5, num: int = 1024) -> dict:
     return {"seeds": seeds, "num": num, "metrics": list(METRICS), "cases": out}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The training budget and optimiser flags, shared with train_patches_flow.py (the same budget)."""
     p.add_argument("--steps", type=int, default=20000, help="maximum optimiser steps")
     p.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock budget (0: none)")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
@@ -186,6 +186,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(p)
     p.add_argument("--out", default=WEIGHTS)
     p.add_argument("--check-metrics", action="store_true",
                    help="only rank corrupted held-out patches with the metrics; adds 'metric_check' to the JSON log")

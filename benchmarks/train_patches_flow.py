@@ -128,14 +128,7 @@ def train(args, data: torch.Tensor, val: torch.Tensor, save):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20000, help="maximum optimiser steps")
-    p.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock budget (0: none)")
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    base.add_training_arguments(p)
     p.add_argument("--p-mean", type=float, default=P_MEAN, help="logit-normal mean of t (JiT: -0.8, noisy side)")
     p.add_argument("--p-std", type=float, default=P_STD, help="logit-normal std of t")
     p.add_argument("--out", default=base.WEIGHTS, help="folder of the weights file")
