@@ -179,3 +179,17 @@ def test_grid_verdicts_quoted_in_the_ledger_match_the_committed_grids():
     assert sorted(best_addim).count("win") == 3 and best_addim.count("loss") == 4
     assert [rows[(t, "default", n, "addim", "ddim")] for t in ("gaussian", "gmm") for n in (6, 8)] == ["win"] * 4
     assert rows[("digits", "default", 6, "addim", "ddim")] == "loss"
+
+
+def test_claim3_verdicts_quoted_in_the_ledger_match_its_grid():
+    import from_grids as fg
+
+    rows = {}
+    for files, table, sampler, rivals in fg.CLAIMS[3]:
+        for name in files:
+            for r in fg.compare(fg.RESULTS / name, table, sampler, rivals):
+                rows[(r["testbed"], r["nfe"])] = r["verdict"]
+    assert len(rows) == 35 and "win" not in rows.values()
+    assert sorted(k for k, v in rows.items() if v == "loss") == [("gaussian", 4), ("gmm", 4), ("patches", 4),
+                                                                  ("patches", 6), ("patches", 8)]
+    assert all(v == "tie" for (_, nfe), v in rows.items() if nfe >= 12)

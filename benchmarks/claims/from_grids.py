@@ -1,4 +1,5 @@
-"""Claims 1 and 9 of docs/claims.md read off the committed evaluation grids (no new sampling).
+"""Claims 1, 3 and 9 of docs/claims.md read off the committed evaluation grids (no new sampling; claim 3's
+grid is its own, ``benchmarks/results/claims/claim3/``, made by the command in docs/claims.md).
 
 For each grid file, table and NFE budget: the claim's sampler against each named rival on the testbed's main
 metric, paired over the grid's shared seeds (``covkernels.intervals.paired``: a win is a 95% interval of the
@@ -7,6 +8,7 @@ per-seed difference that excludes 0 on the better side). Writes ``benchmarks/res
 
     python benchmarks/claims/from_grids.py --claim 1
     python benchmarks/claims/from_grids.py --claim 9
+    python benchmarks/claims/from_grids.py --claim 3
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ CLAIMS = {
     1: [([f"best/quality_{t}.json" for t in ALL], "best", "cov_ddim/dct", ["dpmpp_2m", "addim"]),
         ([f"quality_{t}.json" for t in ALL], "default", "cov_ddim/dct", ["heun", "dpmpp_2m", "addim"])],
     9: [([f"quality_{t}.json" for t in ALL], "default", "addim", ["ddim"])],
+    3: [([f"claims/claim3/quality_{t}.json" for t in ALL], "best", "cov_ddim/convdct", ["cov_ddim/dct"])],
 }
 
 
