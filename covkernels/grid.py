@@ -118,8 +118,10 @@ def calibrated_spectrum(model, device):
 
 
 class CountingModel(torch.nn.Module):
-    """Wraps a denoiser and counts the rows it evaluates; a forward-AD (dual) input counts twice; the
-    ``jvp="auto"`` probe's calls are not the run's and are not counted."""
+    """Wraps a denoiser and counts the rows it evaluates; the ``jvp="auto"`` probe's calls are not the run's
+    and are not counted. Exact with finite-difference JVPs (the evaluation's strategy): a dual input of
+    ``torch.autograd.forward_ad`` counts twice, but ``torch.func.jvp``'s duals and double-VJP's backward
+    passes are not visible to it."""
 
     def __init__(self, model):
         super().__init__()
