@@ -95,31 +95,29 @@ def validation_loss(model, x0: torch.Tensor, noise: torch.Tensor) -> dict[str, f
     return out
 
 
-def train(args, data: torch.Tensor, val: torch.Tensor, save) -> dict:
-    gen = torch.Generator().manual_seed(args.seed)
-    sigma_data = float(data.float().std())
-    model = PatchesDenoiser(sigma_data, width=args.width)
+def learning_rate(args, step: int, elapsed: float, budget: float) -> float:
+    """Warm-up over 200 steps, then a cosine decay over the larger of the step and the time fractions."""
+    progress = max(step / args.steps, elapsed / budget)
+    return args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def optimise(args, model, data: torch.Tensor, gen: torch.Generator, batch_loss, validate, save, log: dict):
+    """The training loop both patch models share (so the flow retraining gets the EDM model's exact budget):
+    Adam, :func:`learning_rate`, random horizontal flips, EMA of the weights, a loss line every 100 steps and
+    the held-out ``validate(ema)`` with ``save(ema, log)`` every ``--checkpoint-minutes``, until ``--steps``
+    or ``--budget-minutes``. ``batch_loss(model, x0)`` draws its noise from ``gen``. Returns ``(ema, log)``."""
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    val_noise = torch.randn(len(VALIDATION_SIGMAS), *val.shape, generator=torch.Generator().manual_seed(1))
     budget = args.budget_minutes * 60.0 if args.budget_minutes else math.inf
-    log = {"sigma_data": sigma_data, "parameters": sum(p.numel() for p in model.parameters()),
-           "loss": [], "checkpoints": []}
     t0 = last_ckpt = time.time()
     step = 0
-    while step < args.steps:
-        elapsed = time.time() - t0
-        if elapsed >= budget:
-            break
-        progress = max(step / args.steps, elapsed / budget)
-        lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    while step < args.steps and time.time() - t0 < budget:
+        lr = learning_rate(args, step, time.time() - t0, budget)
         for group in opt.param_groups:
             group["lr"] = lr
         x0 = data[torch.randint(0, len(data), (args.batch,), generator=gen)].float()
         flip = torch.rand(args.batch, generator=gen) < 0.5
-        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        noisy, sigma, weight = edm_batch(x0, sigma_data, gen)
-        loss = (weight.view(-1, 1, 1, 1) * (model(noisy, sigma) - x0) ** 2).mean()
+        loss = batch_loss(model, torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -128,18 +126,33 @@ def train(args, data: torch.Tensor, val: torch.Tensor, save) -> dict:
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
         step += 1
-        if step % 100 == 0:
+        if step % 100 == 0 or step == args.steps:
             log["loss"].append({"step": step, "loss": round(float(loss.detach()), 5),
                                 "seconds": round(time.time() - t0, 1), "lr": lr})
             print(f"step {step:6d}  loss {float(loss.detach()):.4f}  {time.time() - t0:.0f} s", flush=True)
         if time.time() - last_ckpt >= args.checkpoint_minutes * 60:
             last_ckpt = time.time()
             log["checkpoints"].append({"step": step, "seconds": round(last_ckpt - t0, 1),
-                                       "held_out_loss": validation_loss(ema.eval(), val, val_noise)})
+                                       "held_out_loss": validate(ema.eval())})
             save(ema, dict(log, steps_done=step, seconds=round(time.time() - t0, 1), finished=False))
     log["checkpoints"].append({"step": step, "seconds": round(time.time() - t0, 1),
-                               "held_out_loss": validation_loss(ema.eval(), val, val_noise)})
+                               "held_out_loss": validate(ema.eval())})
     return ema, dict(log, steps_done=step, seconds=round(time.time() - t0, 1), finished=True)
+
+
+def train(args, data: torch.Tensor, val: torch.Tensor, save) -> dict:
+    gen = torch.Generator().manual_seed(args.seed)
+    sigma_data = float(data.float().std())
+    model = PatchesDenoiser(sigma_data, width=args.width)
+    val_noise = torch.randn(len(VALIDATION_SIGMAS), *val.shape, generator=torch.Generator().manual_seed(1))
+    log = {"sigma_data": sigma_data, "parameters": sum(p.numel() for p in model.parameters()),
+           "loss": [], "checkpoints": []}
+
+    def edm_loss(net, x0):
+        noisy, sigma, weight = edm_batch(x0, sigma_data, gen)
+        return (weight.view(-1, 1, 1, 1) * (net(noisy, sigma) - x0) ** 2).mean()
+
+    return optimise(args, model, data, gen, edm_loss, lambda ema: validation_loss(ema, val, val_noise), save, log)
 
 
 def blur3(x: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,8 @@ comparable). Everything random is seeded.
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import os
 import sys
-import time
 import json
 
 import torch
@@ -80,50 +77,17 @@ def validation_loss(net, x0: torch.Tensor, noise: torch.Tensor, sigma_data: floa
     return out
 
 
-def learning_rate(args, step: int, elapsed: float, budget: float) -> float:
-    progress = max(step / args.steps, elapsed / budget)
-    return args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def train(args, data: torch.Tensor, val: torch.Tensor, save):
+    """The EDM model's loop (``train_patches.optimise``: same optimiser, schedule, flips, EMA, budget) with
+    the flow loss."""
     gen = torch.Generator().manual_seed(args.seed)
     sigma_data = float(data.float().std())
     net = PatchesFlowNet(args.width)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     val_noise = torch.randn(len(base.VALIDATION_SIGMAS), *val.shape, generator=torch.Generator().manual_seed(1))
-    budget = args.budget_minutes * 60.0 if args.budget_minutes else math.inf
     log = {"sigma_data": sigma_data, "parameters": sum(p.numel() for p in net.parameters()), "loss": [],
            "checkpoints": [], "recipe": {"p_mean": args.p_mean, "p_std": args.p_std, "t_eps": T_EPS}}
-    t0 = last_ckpt = time.time()
-    step = 0
-    while step < args.steps and time.time() - t0 < budget:
-        lr = learning_rate(args, step, time.time() - t0, budget)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x0 = data[torch.randint(0, len(data), (args.batch,), generator=gen)].float()
-        flip = torch.rand(args.batch, generator=gen) < 0.5
-        loss = velocity_loss(net, torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0), gen, args.p_mean, args.p_std)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        if step % 100 == 0 or step == args.steps:
-            log["loss"].append({"step": step, "loss": round(float(loss.detach()), 5),
-                                "seconds": round(time.time() - t0, 1), "lr": lr})
-            print(f"step {step:6d}  loss {float(loss.detach()):.4f}  {time.time() - t0:.0f} s", flush=True)
-        if time.time() - last_ckpt >= args.checkpoint_minutes * 60:
-            last_ckpt = time.time()
-            log["checkpoints"].append({"step": step, "seconds": round(last_ckpt - t0, 1),
-                                       "held_out_loss": validation_loss(ema.eval(), val, val_noise, sigma_data)})
-            save(ema, dict(log, steps_done=step, seconds=round(time.time() - t0, 1), finished=False))
-    log["checkpoints"].append({"step": step, "seconds": round(time.time() - t0, 1),
-                               "held_out_loss": validation_loss(ema.eval(), val, val_noise, sigma_data)})
-    return ema, dict(log, steps_done=step, seconds=round(time.time() - t0, 1), finished=True)
+    return base.optimise(args, net, data, gen, lambda model, x0: velocity_loss(model, x0, gen, args.p_mean, args.p_std),
+                         lambda ema: validation_loss(ema, val, val_noise, sigma_data), save, log)
 
 
 def main() -> None:
