@@ -307,7 +307,7 @@ def _agreeing(results: dict, dtype) -> tuple[dict, list]:
     return agreeing, notes
 
 
-def _select(model, x, sigma, v, extra, primal):
+def _select(model, network, description, x, sigma, v, extra, primal):
     """Probe the candidates on the first :data:`PROBE_BATCH` samples, keep the agreeing ones, cache and
     return ``(AutoChoice or None, the probe's result when it covered the whole batch, else None)``."""
     # Per-sample arguments nested in containers (e.g. SDXL's added_cond_kwargs) cannot be cut reliably:
@@ -340,7 +340,6 @@ def _select(model, x, sigma, v, extra, primal):
     for name in agreeing:
         if name != chosen:
             skipped[name] = f"slower ({seconds[name]:.3g} s vs {seconds[chosen]:.3g} s)"
-    network, description = _network(model)
     choice = AutoChoice(chosen, _signature(x), skipped, seconds, agreeing[chosen], description, b,
                         time.perf_counter() - start)
     _cache_for(network)[(description, choice.signature)] = choice
@@ -364,7 +363,7 @@ def resolve(model, x, sigma, v, extra, primal, strategy):
     cached = _cache_for(network).get((description, _signature(x)))
     if cached is not None:
         return cached.strategy, None
-    choice, result = _select(model, x, sigma, v, extra, primal)
+    choice, result = _select(model, network, description, x, sigma, v, extra, primal)
     if choice is None and result is None:
         return "finite_difference", None  # the primal is NaN/Inf: any strategy's call reports it
     return (choice.strategy if choice is not None else None), result
