@@ -74,6 +74,36 @@ class SamplerSpec:
         params = inspect.signature(self.fn).parameters
         return {p: params[p].default for p in self.options()}
 
+    # Capabilities: the one place the rest of the package asks what a sampler takes (never its signature).
+    def takes(self, option: str) -> bool:
+        """Whether ``option`` is one of the sampler's own keyword options."""
+        return option in self.options()
+
+    @property
+    def takes_guidance(self) -> bool:
+        """Takes a ``guidance`` option (JVP samplers guide inside the engine; others get ``cfg_denoiser``)."""
+        return self.takes("guidance")
+
+    @property
+    def takes_backend(self) -> bool:
+        """Takes a ``backend`` option (runs fused ops picked by ``ops/dispatch.py``)."""
+        return self.takes("backend")
+
+    @property
+    def takes_jvp(self) -> bool:
+        """Takes a ``jvp`` strategy option."""
+        return self.takes("jvp")
+
+    @property
+    def uses_covariance(self) -> bool:
+        """Of the covariance family or needs JVPs: takes the shared covariance options."""
+        return self.family == "covariance" or self.needs_jvp
+
+    @property
+    def is_baseline(self) -> bool:
+        """Mean-only (no covariance, no JVP): what the covariance samplers have to beat."""
+        return not self.uses_covariance
+
 
 REGISTRY: dict[str, SamplerSpec] = {}
 
