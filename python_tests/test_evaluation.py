@@ -283,12 +283,12 @@ def test_tune_num_samples_tunes_at_its_own_n_and_reports_at_num_samples(tmp_path
 
 
 def test_a_tuning_n_the_testbed_cannot_score_fails_before_sampling(monkeypatch):
-    import covkernels.evaluation as ev
+    import covkernels.eval.runner as runner
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled before the tuning N was checked")
 
-    monkeypatch.setattr(ev, "generate", no_sampling)
+    monkeypatch.setattr(runner, "generate", no_sampling)
     with pytest.raises(ValueError, match="held-out patches"):  # patches score at most 2048 samples
         evaluate("patches", samplers=["ddim"], nfes=[4], num_samples=8, seeds=2, tables=["best"],
                  tune_schedules=["karras"], tune_sigma_mins=[0.1], tune_num_samples=4096, progress=None)
