@@ -15,6 +15,7 @@ from ..samplers import sample
 from ..samplers.registry import spec
 from .distributed import gather_on_rank0, rank_and_world, shard
 from .plan import variant_options
+from .scorers import Scorer
 
 # A grid option value: "calibrate the model's posterior spectrum once" (covkernels.calibrate_spectrum, DCT,
 # defaults), with its own seed, outside the counted evaluations: a one-time per-model cost like training.
@@ -108,7 +109,11 @@ class CellRunner:
     def scorer(self, seed: int, num: int | None = None):
         num = self.config.num_samples if num is None else num
         if (seed, num) not in self._scorers:
-            self._scorers[seed, num] = self.testbed.make_scorer(self.score_net, num, seed)
+            scorer = self.testbed.make_scorer(self.score_net, num, seed)
+            if not isinstance(scorer, Scorer):
+                raise TypeError(f"testbed {self.testbed.name!r}: make_scorer must return a Scorer (scorer(x) -> "
+                                f"{{metric: value}} and scorer.floor()), got {type(scorer).__name__}")
+            self._scorers[seed, num] = scorer
         return self._scorers[seed, num]
 
     def floors(self) -> list[dict]:

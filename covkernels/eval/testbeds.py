@@ -29,8 +29,8 @@ import torch
 
 from .scorers import REFERENCE_SEED_OFFSET, DigitsIdealScorer, DigitsScorer, OracleScorer, PatchesScorer
 
-__all__ = ["REFERENCE_SEED_OFFSET", "OPTIONAL", "Testbed", "register", "testbed_names", "get_testbed", "all_metrics",
-           "load_model", "make_scorer"]
+__all__ = ["REFERENCE_SEED_OFFSET", "OPTIONAL", "DIGITS_IDEAL_METRICS", "PATCHES_METRICS", "Testbed", "register",
+           "testbed_names", "get_testbed", "all_metrics", "load_model", "make_scorer"]
 
 
 @dataclass(frozen=True)
