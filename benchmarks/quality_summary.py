@@ -28,25 +28,13 @@ import math
 import sys
 from pathlib import Path
 
-from covkernels.intervals import half_width, paired
+from covkernels.eval.intervals import half_width, paired
+from covkernels.eval.plan import is_baseline  # a retired row is judged by its sampler
 
 TITLES = {"default": "common default schedule", "best": "each sampler at its best schedule"}
 BEST_BASELINE = "best-baseline"
 SHARED_KEYS = ("num_samples", "seeds", "jvp", "options", "sigma_max", "rho")
 TABLE_KEYS = {"default": ("schedule", "sigma_min"), "best": ("tuning",)}  # what makes a table's cells comparable
-
-
-def is_baseline(label: str) -> bool:
-    """A mean-only row (:func:`covkernels.grid.is_baseline`); a label the grid no longer lists is judged by its
-    sampler (the part before ``/``)."""
-    from covkernels.grid import VARIANTS, is_baseline as grid_is_baseline, uses_covariance
-
-    if label in VARIANTS:
-        return grid_is_baseline(label)
-    try:
-        return not uses_covariance(label.split("/")[0])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"grid row {label!r} names no sampler of the registry") from exc
 
 
 METRIC: list = [None]  # --metric: the metric compared instead of each testbed's main metric
@@ -55,7 +43,7 @@ METRIC: list = [None]  # --metric: the metric compared instead of each testbed's
 def metric_spec(model: str) -> tuple[str, bool]:
     """``(metric, lower_is_better)`` of a testbed: its main metric, or ``--metric`` where that is one of its
     metrics with a direction."""
-    from covkernels.testbeds import get_testbed
+    from covkernels.eval.testbeds import get_testbed
 
     testbed = get_testbed(model)
     metric = METRIC[0] or testbed.main_metric
@@ -81,8 +69,8 @@ def merge_grids(grids: list[tuple[str, dict]], table: str) -> dict[str, dict]:
     ``vs_baseline`` recomputed on the merged cells. Raises ValueError on files of one model that disagree in
     N, seeds or the table's settings and on two different cells under one key (an identical repeat is kept
     once); files without a cell of ``table`` are left out (with a note), none left is an error."""
-    from covkernels.intervals import annotate_paired
-    from covkernels.testbeds import get_testbed
+    from covkernels.eval.intervals import annotate_paired
+    from covkernels.eval.testbeds import get_testbed
 
     if table not in TABLE_KEYS:
         raise ValueError(f"table must be one of {tuple(TABLE_KEYS)}, got {table!r}")
@@ -146,7 +134,7 @@ def envelope(state: dict) -> dict[int, dict]:
 
 
 def versus(cell: dict, base: dict, metric: str, lower: bool) -> dict:
-    """The paired comparison of ``cell - base`` over their shared seeds (:func:`covkernels.intervals.paired`)."""
+    """The paired comparison of ``cell - base`` over their shared seeds (:func:`covkernels.eval.intervals.paired`)."""
     if cell.get("seeds") != base.get("seeds"):
         raise ValueError(f"{cell['sampler']} and {base['sampler']} ran different seeds: not a paired comparison")
     return paired(cell[f"{metric}_per_seed"], base[f"{metric}_per_seed"], lower)
@@ -280,7 +268,7 @@ def half_widths(paths: list[str], table: str, rows: list[str] | None = None, nfe
     ``best-baseline``: the best baseline of each budget by the main metric) and ``nfes`` (default: all): the
     range of the 95% half-width as a share of the mean and how many cells are under 10% (the evaluation
     issue's target). A cell whose mean or interval is not finite counts as over 10%."""
-    from covkernels.testbeds import get_testbed
+    from covkernels.eval.testbeds import get_testbed
 
     states = load(paths, table)
     labels = None if rows is None else [r for r in select_rows(states, rows, "rows") if r != BEST_BASELINE]

@@ -165,7 +165,8 @@ def blur3(x: torch.Tensor) -> torch.Tensor:
 def check_metrics(seeds: int = 5, num: int = 1024) -> dict:
     """Do the patches metrics rank known-bad samples worse? Per seed: the scorer's second real set (the
     floor) against blurred / noised copies of that same set; mean and 95% t-interval over seeds."""
-    from covkernels.models.patches import METRICS, make_scorer
+    from covkernels.eval.scorers import PatchesScorer as make_scorer
+    from covkernels.eval.testbeds import PATCHES_METRICS as METRICS
 
     rows: dict = {}
     for seed in range(seeds):

@@ -1,5 +1,5 @@
 """Command line: ``covkernels sample`` (image grid + quality figure), ``covkernels eval`` (the quality grid,
-:mod:`covkernels.evaluation`), ``covkernels bench`` and ``covkernels info``.
+:mod:`covkernels.eval`), ``covkernels bench`` and ``covkernels info``.
 
 Start-up: this module imports neither torch nor the sampler stack at import time; ``covkernels``,
 ``covkernels --help`` and ``covkernels --version`` answer from :data:`SUBCOMMANDS` alone (tens of
@@ -28,26 +28,32 @@ SUBCOMMANDS = {
 DESCRIPTION = "covariance-aware diffusion samplers"
 
 
-def cmd_eval(args) -> int:
+def eval_config(args, model: str):
+    """The :class:`~covkernels.eval.config.EvalConfig` of ``covkernels eval``'s arguments for one ``--model``."""
     import torch
 
-    from .evaluation import evaluate, finish_distributed
-    from .grid import canonical_label
+    from .eval.config import EvalConfig
 
-    options = {} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max}
-    command = args.command_line or "covkernels " + shlex.join(args.argv)
+    return EvalConfig(
+        model=model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
+        seeds=args.seeds, batch_size=args.batch_size, schedule=args.schedule, sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max, rho=args.rho, tables=args.tables, tune_schedules=args.tune_schedules,
+        tune_sigma_mins=args.tune_sigma_mins, tune_metric=args.tune_metric, tune_num_samples=args.tune_num_samples,
+        device=torch.device(args.device), out_dir=args.out, resume=not args.no_resume,
+        options={} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max},
+        command=args.command_line or "covkernels " + shlex.join(args.argv))
+
+
+def cmd_eval(args) -> int:
+    from .eval.api import run_evaluation
+    from .eval.distributed import finish_distributed
+    from .eval.plan import canonical_label
+
     if args.samplers is not None:
         args.samplers = [canonical_label(name) for name in args.samplers]  # a bad name: usage error, exit 2
     try:
         for model in args.model:
-            evaluate(model, samplers=args.samplers, nfes=args.nfe, num_samples=args.num_samples, seed=args.seed,
-                     seeds=args.seeds, batch_size=args.batch_size, sigma_min=args.sigma_min,
-                     sigma_max=args.sigma_max, rho=args.rho, schedule=args.schedule, tables=args.tables,
-                     tune_schedules=args.tune_schedules, tune_sigma_mins=args.tune_sigma_mins,
-                     tune_metric=args.tune_metric, tune_num_samples=args.tune_num_samples,
-                     device=torch.device(args.device), out_dir=args.out,
-                     resume=not args.no_resume, options=options, progress=None if args.quiet else print,
-                     command=command)
+            run_evaluation(eval_config(args, model), progress=None if args.quiet else print)
     except BaseException:
         finish_distributed(failed=True)
         raise
@@ -186,21 +192,22 @@ def _top_level_only(argv: list[str]) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli_sample import cmd_sample
-    from .evaluation import EVAL_MODELS, NFES, TABLES, TUNE_SIGMA_MINS, VARIANTS
+    from .eval.config import TABLES
+    from .eval.plan import NFES, TUNE_SIGMA_MINS, VARIANTS
+    from .eval.testbeds import testbed_names
     from .jvp import STRATEGIES
     from .ops.dispatch import BACKENDS
     from .samplers import SAMPLERS
     from .samplers.api import DEFAULT_SAMPLER
     from .samplers.registry import spec
     from .schedules import SCHEDULES
-    from .testbeds import testbed_names
 
     p, sub = _top_parser()
     fmt = _DefaultsHelpFormatter
 
     s = sub.add_parser("sample", help=SUBCOMMANDS["sample"], formatter_class=fmt)
     s.add_argument("--model", default="gmm", choices=testbed_names(),
-                   help="a testbed of the evaluation (covkernels.testbeds): its model is sampled and --num-eval "
+                   help="a testbed of the evaluation (covkernels.eval.testbeds): its model is sampled and --num-eval "
                         "samples are scored with its metrics")
     s.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                    help="sampler; its options below apply only where it takes them (others are refused)")
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help=SUBCOMMANDS["eval"], formatter_class=fmt)
-    e.add_argument("--model", nargs="+", default=["gmm"], choices=list(EVAL_MODELS), help="one table per model")
+    e.add_argument("--model", nargs="+", default=["gmm"], choices=list(testbed_names()), help="one table per model")
     e.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
                    help=f"grid rows: labels ({', '.join(VARIANTS)}) or sampler names meaning the sampler at its "
                         f"defaults (cov_ddim = cov_ddim/convdct, lanczos = lanczos/k3; default: every row)")

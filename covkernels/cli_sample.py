@@ -1,6 +1,6 @@
 """``covkernels sample``: sample a testbed's model, write a PNG grid, print its quality figure.
 
-The models and their metrics are those of the evaluation (:mod:`covkernels.testbeds`): ``--model`` takes
+The models and their metrics are those of the evaluation (:mod:`covkernels.eval.testbeds`): ``--model`` takes
 any registered testbed and ``--num-eval`` samples are scored by that testbed's scorer (main metric, its
 floor, the other metrics).
 
@@ -71,7 +71,7 @@ def min_eval_samples(testbed) -> int:
 def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None) -> list[str]:
     """Configurations known to give meaningless output or figures (the run goes on; these go to stderr)."""
     from .samplers.registry import spec
-    from .testbeds import get_testbed
+    from .eval.testbeds import get_testbed
 
     out = []
     steps = len(sigmas) - 1
@@ -134,7 +134,7 @@ def quality_line(testbed, scorer, samples: torch.Tensor, progress) -> str:
 
 def cmd_sample(args) -> int:
     from .imageio import save_grid
-    from .testbeds import get_testbed
+    from .eval.testbeds import get_testbed
 
     opts = check_sample_args(args)
     fill_schedule(args)

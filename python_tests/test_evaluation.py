@@ -283,12 +283,47 @@ def test_tune_num_samples_tunes_at_its_own_n_and_reports_at_num_samples(tmp_path
 
 
 def test_a_tuning_n_the_testbed_cannot_score_fails_before_sampling(monkeypatch):
-    import covkernels.evaluation as ev
+    import covkernels.eval.runner as runner
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled before the tuning N was checked")
 
-    monkeypatch.setattr(ev, "generate", no_sampling)
+    monkeypatch.setattr(runner, "generate", no_sampling)
     with pytest.raises(ValueError, match="held-out patches"):  # patches score at most 2048 samples
         evaluate("patches", samplers=["ddim"], nfes=[4], num_samples=8, seeds=2, tables=["best"],
                  tune_schedules=["karras"], tune_sigma_mins=[0.1], tune_num_samples=4096, progress=None)
+
+
+def test_eval_config_normalises_checks_itself_and_the_cli_builds_the_same_one():
+    import dataclasses
+
+    from covkernels.cli import build_parser, eval_config
+    from covkernels.eval import EvalConfig, run_evaluation
+
+    config = EvalConfig("gmm", samplers=["cov_ddim", "ddim", "cov_ddim/convdct"], nfes=[8, 4, 8], tables=["default"],
+                        seeds=2)
+    assert config.samplers == ("cov_ddim/convdct", "ddim") and config.nfes == (8, 4)
+    assert config.tuning_metric == "fd_pooled" and config.tuning_seed == TUNING_SEED_OFFSET
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seeds = 3
+    with pytest.raises(ValueError, match="seeds must be an int >= 2"):
+        dataclasses.replace(config, seeds=1)
+    with pytest.raises(TypeError, match="config must be an EvalConfig"):
+        run_evaluation({"model": "gmm"})
+    argv = ["eval", "--model", "gmm", "--samplers", "cov_ddim", "ddim", "--nfe", "8", "4", "--seeds", "2",
+            "--tables", "default", "--out", "res"]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    cli = eval_config(args, "gmm")
+    assert cli == dataclasses.replace(config, out_dir="res", options={}, device=torch.device("cpu"),
+                                      command="covkernels " + " ".join(argv))
+
+
+def test_a_testbed_whose_scorer_breaks_the_interface_is_named(monkeypatch):
+    import covkernels.eval.testbeds as tb
+
+    monkeypatch.setattr(tb, "_REGISTRY", dict(tb._REGISTRY))
+    tb.register(tb.Testbed("no_floor", lambda: get_model("gaussian", size=8), lambda model, num, seed: (lambda x: {}),
+                           {"m": ("m", True)}, "m"))
+    with pytest.raises(TypeError, match="testbed 'no_floor': make_scorer must return a Scorer"):
+        evaluate("no_floor", samplers=["ddim"], nfes=[4], num_samples=8, seeds=2, tables=["default"], progress=None)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import gen
-from covkernels import metrics
+from covkernels.eval import metrics  # the module itself: the test sets its block sizes
 from covkernels.intervals import (annotate_paired, check_orderings, mean_ci95, paired, summarize_seeds,
                                   t_quantile)
-import covkernels.testbeds as tb
+import covkernels.eval.testbeds as tb  # the module that holds the registry (monkeypatched below)
 from covkernels.testbeds import get_testbed, register
 
 # Two-sided 95% Student-t critical values from published tables (df: value).

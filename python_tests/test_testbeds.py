@@ -6,10 +6,11 @@ import os
 import pytest
 import torch
 
+from covkernels.eval.scorers import DigitsIdealScorer as digits_ideal_scorer, PatchesScorer as patches_scorer
 from covkernels.models import get_model
-from covkernels.models.digits_ideal import DigitsIdeal, make_scorer as digits_ideal_scorer, shipped_digits
+from covkernels.models.digits_ideal import DigitsIdeal, shipped_digits
 from covkernels.models.image_statistics import dct_matrix, radial_power
-from covkernels.models.patches import make_scorer as patches_scorer, reference_patches
+from covkernels.models.patches import reference_patches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,11 +131,18 @@ def test_digits_ideal_errors():
         digits_ideal_scorer(torch.nn.Identity(), 16, 0)
 
 
-def test_reference_offset_matches_the_evaluation():
-    import covkernels.testbeds as testbeds
-    from covkernels.models import digits_ideal, patches
+def test_sampled_references_come_from_the_offset_stream_of_their_seed():
+    """digits_ideal draws its exact reference, patches its held-out subset, from a generator seeded with
+    seed + REFERENCE_SEED_OFFSET: the streams the committed grids were scored with."""
+    from covkernels.eval.testbeds import REFERENCE_SEED_OFFSET
 
-    assert digits_ideal.REFERENCE_SEED_OFFSET == patches.REFERENCE_SEED_OFFSET == testbeds.REFERENCE_SEED_OFFSET
+    model = get_model("digits_ideal")
+    scorer = digits_ideal_scorer(model, 8, 3)
+    offset = torch.Generator().manual_seed(3 + REFERENCE_SEED_OFFSET)
+    assert torch.equal(scorer.exact, model.sample(8, offset)) and torch.equal(scorer.exact2, model.sample(8, offset))
+    perm = torch.randperm(4096, generator=torch.Generator().manual_seed(3 + REFERENCE_SEED_OFFSET))
+    assert torch.equal(patches_scorer(None, 8, 3).indices, perm[:8])
+    assert not torch.equal(patches_scorer(None, 8, 4).indices, perm[:8])
 
 
 def blur(x):

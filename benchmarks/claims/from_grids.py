@@ -2,7 +2,7 @@
 grid is its own, ``benchmarks/results/claims/claim3/``, made by the command in docs/claims.md).
 
 For each grid file, table and NFE budget: the claim's sampler against each named rival on the testbed's main
-metric, paired over the grid's shared seeds (``covkernels.intervals.paired``: a win is a 95% interval of the
+metric, paired over the grid's shared seeds (``covkernels.eval.intervals.paired``: a win is a 95% interval of the
 per-seed difference that excludes 0 on the better side). Writes ``benchmarks/results/claims/claim<N>_grids.
 {json,md}``.
 
@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from covkernels.intervals import paired
-from covkernels.testbeds import get_testbed
+from covkernels.eval.intervals import paired
+from covkernels.eval.testbeds import get_testbed
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 REAL = ("digits_ideal", "digits", "patches")

@@ -26,7 +26,7 @@ from lanczos_error import ROUNDING_FLOOR, fitted_rate, power_law_oracle, step_er
 from pathkl import (SharedMixture, claim_mixture, gaussian_path_kl, karras_grid, loglog_slope,  # noqa: E402
                     mixture_path_kl)
 
-from covkernels.intervals import mean_ci95  # noqa: E402
+from covkernels.eval.intervals import mean_ci95  # noqa: E402
 from covkernels.models import DenseGaussian  # noqa: E402
 
 OUT = HERE.parent / "results" / "claims"

@@ -12,8 +12,7 @@ It has real images, an exact score, exact samples and an exact likelihood, and m
 sampler's error from a trained network's. The images ship as ``weights/digits_images.pt`` (float16 holds
 them exactly: every pixel is a multiple of 1/128), so nothing here needs scikit-learn.
 
-``make_scorer``, ``METRICS`` and ``MAIN_METRIC`` at the end are the testbed's metrics (see
-:class:`DigitsIdealScorer`).
+Its metrics (the ``digits_ideal`` testbed) are in :mod:`covkernels.eval.scorers` (``DigitsIdealScorer``).
 """
 from __future__ import annotations
 
@@ -130,61 +129,3 @@ class DigitsIdeal(_ExactDenoiser):
 def digits_ideal(tau: float = DEFAULT_TAU) -> DigitsIdeal:
     """The ``digits_ideal`` oracle with the shipped images."""
     return DigitsIdeal(tau)
-
-
-# ---- metrics (the evaluation's testbed registry reads make_scorer, METRICS, MAIN_METRIC, FLOOR_LABEL) ----
-
-# The reference stream of seed s is s + this: covkernels.testbeds.REFERENCE_SEED_OFFSET (a test checks they
-# agree; not imported, so the models never import the evaluation layer).
-REFERENCE_SEED_OFFSET = 1 << 32
-METRICS = {
-    "fd_features": ("Frechet distance to the real digits, classifier features", True),
-    "kid_features": ("kernel distance (unbiased MMD^2, cubic kernel) to the real digits, classifier features", True),
-    "fd_pixels": ("Frechet distance to exact samples, pixel space", True),
-    "loglik_gap": ("exact log-likelihood gap, nats/dim (0 is ideal; > 0: off the data, < 0: too close to it)",
-                   None),
-}
-MAIN_METRIC = "fd_features"
-FLOOR_LABEL = "exact vs exact samples"
-
-
-class DigitsIdealScorer:
-    """Metrics of samples ``x (num, 1, 16, 16)`` of the ``digits_ideal`` oracle ``model``.
-
-    - ``fd_features`` / ``kid_features``: the ``digits`` testbed's metrics (the shipped classifier's
-      128-d features against the 1797 real digits), so the two testbeds read on one scale.
-    - ``fd_pixels``: Frechet distance to ``num`` exact samples drawn for this seed (pixel space).
-    - ``loglik_gap``: ``(mean log p(exact) - mean log p(x)) / 256`` under the exact density. With a small
-      ``tau`` it is very sensitive: a sample off its digit by 0.01 per pixel costs ``0.01^2 / (2 tau^2)``
-      nats/dim (0.056 at tau = 0.03); samples collapsed onto the digits themselves score below 0.
-    The floor is a second exact draw of ``num`` samples scored the same way.
-    """
-
-    def __init__(self, model: DigitsIdeal, num: int, seed: int):
-        from .. import metrics
-        from .digits import digits_classifier
-
-        if not isinstance(model, DigitsIdeal):
-            raise TypeError(f"model must be a DigitsIdeal, got {type(model).__name__}")
-        if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-            raise ValueError(f"num must be an int >= 2, got {num!r}")
-        self.model, self.m, self.classifier = model, metrics, digits_classifier()
-        gen = torch.Generator().manual_seed(seed + REFERENCE_SEED_OFFSET)
-        self.exact, self.exact2 = model.sample(num, gen), model.sample(num, gen)
-        self.real = self.classifier.reference_features.float()
-        self.logp_exact = float(model.log_prob(self.exact).mean())
-
-    def __call__(self, x: torch.Tensor) -> dict:
-        x = x.detach().cpu()
-        f = self.classifier.features(x.clamp(-1, 1))
-        return {"fd_features": self.m.frechet_distance(f, self.real),
-                "kid_features": self.m.kernel_distance(f, self.real),
-                "fd_pixels": self.m.frechet_distance(x, self.exact),
-                "loglik_gap": (self.logp_exact - float(self.model.log_prob(x).mean())) / x[0].numel()}
-
-    def floor(self) -> dict:
-        return self(self.exact2)
-
-
-def make_scorer(model: DigitsIdeal, num: int, seed: int) -> DigitsIdealScorer:
-    return DigitsIdealScorer(model, num, seed)
