@@ -26,10 +26,11 @@ _SUBMODULES = ("sampling", "samplers", "schedules", "guidance", "steps", "jvp", 
 
 
 def info(file=None) -> None:
-    """Print versions, devices, backends (and why some are unavailable) and this process's jvp=auto choices."""
-    from .cli import print_info
+    """Print versions, devices, backends (and why some are unavailable), this process's backend fallbacks and
+    its jvp=auto choices (:mod:`covkernels.system_info`; the ``covkernels info`` command prints the same)."""
+    from .system_info import info as print_report
 
-    print_info(file=file)
+    print_report(file=file)
 
 
 def _sampler_functions() -> list[str]:

@@ -1,8 +1,11 @@
 """Loads the compiled extension ``covkernels._C`` once and says what was built or why it does not load.
 
-The one module that imports ``covkernels._C`` for status purposes: :mod:`covkernels.ops.dispatch` (the
-``cpp`` backend), :mod:`covkernels.executor` (the CUDA guided-step executor) and ``covkernels info`` all
-ask here, so the dependency arrows run one way (this module imports nothing else of covkernels).
+The one module that imports ``covkernels._C``: :mod:`covkernels.ops.dispatch` and the ``cpp`` backend modules
+(:func:`cpu_operators`), :mod:`covkernels.executor` (the CUDA guided-step executor) and ``covkernels info``
+all ask here, so the dependency arrows run one way (this module imports nothing else of covkernels). The
+libraries are imported by their full module name (:func:`importlib.import_module`), not as ``from . import
+_C``: that form asks the package root for an attribute first, so loading the extension never runs the
+root's lazy ``__getattr__`` and cannot pull in anything else.
 
 A common false diagnosis this module avoids: ``python -m covkernels`` or ``python -c ...`` started from the
 root of a clone puts the clone first on ``sys.path``, so its ``covkernels/`` (no compiled library after a
@@ -12,9 +15,12 @@ running from another directory, using the ``covkernels`` console script, or an e
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.machinery
 import os
 import sys
+
+PACKAGE = __name__.rpartition(".")[0]  # "covkernels"
 
 
 def _has_library(package_dir: str) -> bool:
@@ -88,8 +94,10 @@ def build_info() -> dict:
 def extension_status() -> tuple[object | None, str]:
     """``(covkernels._C or None, what was built / why it cannot be loaded)``; cached per process. Importing
     ``covkernels._C`` registers the CPU kernels as ``torch.ops.covkernels_cpu.*`` (LibTorch stable ABI)."""
+    importlib.import_module("torch")  # the library links against libtorch: torch loads it first
+
     try:
-        from . import _C
+        _C = importlib.import_module(f"{PACKAGE}._C")
     except ImportError as exc:
         return None, diagnose_missing(os.path.dirname(os.path.abspath(__file__)), exc)
     except OSError as exc:  # a library that does not link against this torch (e.g. one older than 2.10)
@@ -105,8 +113,20 @@ def extension_status() -> tuple[object | None, str]:
 def cuda_extension():
     """``covkernels._C_cuda`` (the guided-step executor; built only with a CUDA build of torch and nvcc, on
     the version-bound C++ API) when it loads, else None."""
+    importlib.import_module("torch")  # as for covkernels._C: libtorch loads first
+
     try:
-        from . import _C_cuda
+        return importlib.import_module(f"{PACKAGE}._C_cuda")
     except ImportError:
         return None
-    return _C_cuda
+
+
+def cpu_operators():
+    """``torch.ops.covkernels_cpu``, the CPU kernels that loading ``covkernels._C`` registers (what the ``cpp``
+    backend modules call). Raises ImportError with :func:`extension_status`'s reason when it does not load."""
+    ext, why = extension_status()
+    if ext is None:
+        raise ImportError(why)
+    import torch
+
+    return torch.ops.covkernels_cpu

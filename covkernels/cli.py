@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import os
-import platform
 import sys
 
 from ._version import __version__
@@ -61,67 +59,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def info_dict() -> dict:
-    import torch
-
-    from .jvp import STRATEGIES, auto_choices
-    from .samplers import SAMPLERS
-    from .executor import cuda_extension
-    from .ops.dispatch import backend_status, extension_status
-
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    cuda = torch.cuda.is_available()
-    return {
-        "covkernels": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "triton": triton_version,
-        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
-        "cpu_threads": torch.get_num_threads(),
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-        "extension": extension_status()[1],
-        "guided_step_executor": ("compiled (covkernels._C_cuda, CUDA streams + events)" if cuda_extension() is not None
-                                 else "Python (torch.cuda streams + events; the compiled one needs the CUDA part)"),
-        "backends": {name: {"available": ok, "why": why} for name, (ok, why) in backend_status().items()},
-        "jvp_strategies": list(STRATEGIES),
-        "jvp_auto_choices": [{"model": m, "signature": [list(c.signature[0]), str(c.signature[1]), c.signature[2]],
-                              "chosen": c.strategy, "agreement": c.agreement, "seconds": c.seconds,
-                              "probe_batch": c.probe_batch, "probe_seconds": c.probe_seconds,
-                              "skipped": c.skipped} for m, c in auto_choices()],
-        "samplers": list(SAMPLERS),
-    }
-
-
-def print_info(info: dict | None = None, file=None) -> None:
-    """Human-readable report of :func:`info_dict` (also ``covkernels.info()`` from Python)."""
-    info = info_dict() if info is None else info
-    out = file or sys.stdout
-    print(f"covkernels {info['covkernels']} | python {info['python']} | torch {info['torch']} "
-          f"(CUDA build: {info['torch_cuda'] or 'no'}) | triton {info['triton'] or 'not installed'}", file=out)
-    print(f"devices: cpu ({info['cpu_threads']} threads)"
-          + "".join(f", cuda:{i} {n}" for i, n in enumerate(info["cuda_devices"])), file=out)
-    print(f"extension: {info['extension']}", file=out)
-    print(f"guided-step executor on CUDA: {info['guided_step_executor']}", file=out)
-    print("backends (auto order: cuda -> triton -> cpp -> reference):", file=out)
-    for name, b in info["backends"].items():
-        print(f"  {name:<10} {'available' if b['available'] else 'unavailable':<12} {b['why']}", file=out)
-    print(f"jvp strategies: {', '.join(info['jvp_strategies'])}", file=out)
-    if not info["jvp_auto_choices"]:
-        print("jvp=auto choices: none made in this process yet (see `covkernels info --probe-jvp gmm`)", file=out)
-    for row in info["jvp_auto_choices"]:
-        shape, dtype, dev = row["signature"]
-        print(f"jvp=auto for {row['model']}, samples of shape {tuple(shape)} {dtype} {dev}: {row['chosen']} "
-              f"({row['agreement']}; probe: {row['probe_batch']} sample(s), {row['probe_seconds']:.3g} s)", file=out)
-        for name, why in row["skipped"].items():
-            print(f"    {name}: {why}", file=out)
-    print(f"samplers: {', '.join(info['samplers'])}", file=out)
-
-
 def cmd_info(args) -> int:
     import torch
 
@@ -132,6 +69,8 @@ def cmd_info(args) -> int:
         model = get_model(args.probe_jvp)
         x = torch.randn(2, *model.event_shape, generator=torch.Generator().manual_seed(0))
         jvp(model, x, torch.ones(2), torch.randn_like(x))
+    from .system_info import info_dict, print_info  # the report lives outside the CLI: covkernels.info() too
+
     info = info_dict()
     if args.json:
         print(json.dumps(info, indent=2))

@@ -13,7 +13,7 @@ import torch
 
 import covkernels as ck
 from conftest import gen, spd_matrix
-from covkernels.ops import dispatch
+from covkernels.ops import dispatch, library
 from covkernels.ops.common import set_poison
 from covkernels.ops.dct import reference as dct_ref
 from covkernels.ops.lanczos import reference as lz_ref
@@ -208,3 +208,133 @@ def test_triton_needs_power_of_two_blocks_and_a_device(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     ok, why = dispatch._device_ok("triton", torch.device("cpu"))
     assert not ok and "need CUDA tensors" in why
+
+
+# --- what a backend runs, and the fallbacks dispatch reports ------------------------------------------------
+
+def _tensor(*shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+IMAGE, IMAGE64 = _tensor(2, 3, 16, 16), _tensor(2, 3, 16, 16, dtype=torch.float64)
+STEP = dict(seed=0, sample_offset=0, step=0, sigma_t=2.0, sigma_down=1.0, sigma_up=0.5, channel_average=True,
+            c_max=1.0)
+PROBE = dict(seed=0, sample_offset=0, step=0, index=0, device=None)
+
+
+def _step_args(x_t, *, basis="convdct", block=8, denoised=None):
+    return dict(STEP, denoised=x_t if denoised is None else denoised, x_t=x_t, jvps=x_t.unsqueeze(0), basis=basis,
+                block=block)
+
+
+# (backend, op folder, op, args, the reason supports must give: None = the backend runs it)
+SUPPORT_CASES = [
+    ("triton", "dct", "analysis", dict(x=IMAGE, basis="dct", block=8), "global DCT basis"),
+    ("triton", "dct", "synthesis", dict(c=IMAGE64, basis="convdct", block=8), "float64"),
+    ("triton", "dct", "analysis", dict(x=IMAGE, basis="convdct", block=16), "block 16 > 8"),
+    ("triton", "dct", "analysis", dict(x=IMAGE, basis="convdct", block=8), None),
+    ("triton", "dct", "analysis", dict(x=IMAGE, basis="convdct", block=12), None),  # an error of the op
+    ("triton", "dct", "analysis", dict(x=IMAGE64, basis="identity", block=8), None),
+    ("triton", "noise", "probe_tangent", dict(PROBE, shape=IMAGE.shape, basis="dct", block=8,
+                                               dtype=torch.float32), "global DCT basis"),
+    ("triton", "noise", "probe_tangent", dict(PROBE, shape=IMAGE.shape, basis="convdct", block=8,
+                                               dtype=torch.float64), "float64"),
+    ("triton", "noise", "probe_tangent", dict(PROBE, shape=IMAGE.shape, basis="convdct", block=16,
+                                               dtype=torch.float32), "block 16 > 8"),
+    ("triton", "noise", "structured_step", _step_args(IMAGE64), "float64"),
+    ("triton", "noise", "structured_step", _step_args(IMAGE, block=16), "block 16 > 8"),
+    ("triton", "noise", "structured_step", _step_args(IMAGE, basis="identity", block=16), None),
+    ("triton", "lanczos", "lanczos_update", dict(aq=IMAGE64, basis=IMAGE64.unsqueeze(0), j=0,
+                                                 reorthogonalize=True), "float64"),
+    ("triton", "lanczos", "lanczos_synthesis", dict(denoised=IMAGE64, x_t=IMAGE64), "float64"),
+    ("triton", "rng", "philox_normal", dict(seed=0, shape=(2, 3), dtype=torch.float64), None),
+    ("cpp", "dct", "synthesis", dict(c=IMAGE, basis="dct", block=8), "global DCT basis"),
+    ("cpp", "dct", "analysis", dict(x=IMAGE64, basis="convdct", block=16), None),
+    ("cpp", "noise", "probe_tangent", dict(PROBE, shape=(2, 1, 3, 16, 16), basis="convdct", block=8,
+                                            dtype=torch.float32), "5-D input"),
+    ("cpp", "noise", "probe_tangent", dict(PROBE, shape=(2, 48), basis="identity", block=8,
+                                            dtype=torch.float32), None),
+    ("cpp", "noise", "structured_step", _step_args(_tensor(2, 3, 16)), "3-D input"),
+    ("cpp", "noise", "structured_step", _step_args(IMAGE, denoised=IMAGE.half()),
+     "mixed input dtypes (float16, float32, float32)"),
+    ("cpp", "noise", "structured_step", _step_args(IMAGE64, basis="dct"), None),
+    ("cpp", "lanczos", "lanczos_synthesis", dict(denoised=IMAGE.half(), x_t=IMAGE),
+     "mixed input dtypes (float16, float32)"),
+    ("cpp", "lanczos", "lanczos_update", dict(aq=IMAGE64, basis=IMAGE64.unsqueeze(0), j=0), None),
+]
+
+
+def _backend_module(backend: str, folder: str):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    elif dispatch.extension_status()[0] is None:
+        pytest.skip("covkernels._C is not built here")
+    import importlib
+
+    return importlib.import_module(f"covkernels.ops.{folder}.{backend}")
+
+
+@pytest.mark.parametrize("backend,folder,op,args,reason", SUPPORT_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[4]}" for c in SUPPORT_CASES])
+def test_supports_gives_the_reason_a_backend_declines(backend, folder, op, args, reason):
+    assert _backend_module(backend, folder).supports(op, **args) == reason
+
+
+@pytest.mark.parametrize("folder,op", [("rng", "philox_normal"), ("dct", "analysis"), ("noise", "structured_step"),
+                                       ("lanczos", "lanczos_synthesis")])
+def test_the_reference_supports_everything_and_every_module_knows_its_ops(folder, op):
+    import importlib
+
+    ref = importlib.import_module(f"covkernels.ops.{folder}.reference")
+    assert ref.supports(op, anything=1) is None
+    with pytest.raises(ValueError, match=f"covkernels.ops.{folder}.reference has no op 'lanczos_step'"):
+        ref.supports("lanczos_step")
+
+
+# one declined call per backend: (backend, op, arguments, reason)
+FALLBACK_CASES = {"triton": ("analysis", (randn(2, 3, 16, 16, dtype=torch.float64), "convdct", 8), "float64"),
+                  "cpp": ("analysis", (randn(2, 3, 16, 16), "dct", 8), "global DCT basis")}
+
+
+@pytest.fixture
+def fresh_fallbacks(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch, "_FALLBACKS", {})
+    caplog.set_level("WARNING", logger="covkernels.ops.dispatch")
+    return caplog
+
+
+@pytest.mark.parametrize("name", [b for b in BACKENDS if b in FALLBACK_CASES])
+def test_a_fallback_runs_the_reference_is_reported_once_and_listed_by_info(name, fresh_fallbacks):
+    import io
+
+    from covkernels.system_info import info_dict
+
+    op, args, reason = FALLBACK_CASES[name]
+    expected = getattr(dispatch.REFERENCE, op)(*args)
+    for _ in range(2):  # the reference's bits: the same path as before supports() existed
+        assert torch.equal(getattr(dispatch.resolve(name, DEVICE), op)(*args), expected)
+    assert torch.equal(getattr(library.resolve(name, DEVICE), op)(*args), expected)  # the registered op too
+    assert dispatch.fallbacks() == [dispatch.Fallback(op, name, reason, 3)]
+    logged = [r.getMessage() for r in fresh_fallbacks.records if r.name == "covkernels.ops.dispatch"]
+    assert logged == [f"covkernels: the {name} backend does not run {op} on these arguments ({reason}); the "
+                      f"reference runs it instead (said once per process; covkernels.info() lists every fallback)"]
+    assert info_dict()["backend_fallbacks"] == [{"op": op, "backend": name, "reason": reason, "calls": 3}]
+    out = io.StringIO()
+    ck.info(file=out)
+    assert f"  {name:<10} {op}: {reason} (3 call(s))" in out.getvalue()
+
+
+def test_supported_and_invalid_arguments_are_no_fallback(ops, fresh_fallbacks):
+    x = randn(2, 3, 16, 16)
+    torch.testing.assert_close(ops.analysis(x, "convdct", 8), dct_ref.block_dct2(x, 8), rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="does not tile"):  # the reference raises: no fallback happened
+        ops.analysis(randn(1, 1, 24, 24, dtype=torch.float64), "convdct", 16)
+    assert dispatch.fallbacks() == [] and fresh_fallbacks.records == []
+
+
+def test_a_backend_called_directly_refuses_what_it_declines():
+    tr = _backend_module("triton", "dct")
+    with pytest.raises(NotImplementedError, match=r"triton backend does not run analysis .*\(global DCT basis\)"):
+        tr.analysis(IMAGE, "dct", 8)
+    with pytest.raises(ValueError, match="basis must be one of"):
+        tr.synthesis(IMAGE, "wavelet", 8)

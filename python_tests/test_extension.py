@@ -7,8 +7,11 @@ checks, and the CUDA executor (tests marked ``cuda`` need a GPU and the extensio
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ import torch
 import covkernels as ck
 from conftest import gen
 from covkernels import capture, executor
+from covkernels import _extension
 from covkernels._extension import build_info
 from covkernels.ops import dispatch
 
@@ -152,3 +156,42 @@ def test_mixed_input_dtypes_follow_the_reference():
     args = (torch.randn(2, 768, generator=gen(5)), x.flatten(1), basis, torch.ones(2, 2), torch.ones(2))
     torch.testing.assert_close(cpp.lanczos_synthesis(*args, sigma_t=2.0, sigma_down=1.0),
                                ref.lanczos_synthesis(*args, sigma_t=2.0, sigma_down=1.0), rtol=0, atol=0)
+
+
+# What loading the extension and the ops imports: covkernels modules in sys.modules of a fresh interpreter
+_LOAD_OPS_ONLY = """
+import sys
+import covkernels._extension as ext
+ext.extension_status()
+from covkernels.ops import dispatch, library
+for name, (ok, _) in dispatch.backend_status().items():
+    if ok and name != "triton":
+        dispatch.resolve(name, "cpu")
+print(ext.extension_status()[0] is not None)
+print(" ".join(sorted(m for m in sys.modules if m.startswith("covkernels"))))
+"""
+
+
+def test_loading_the_extension_and_the_ops_imports_nothing_above_them():
+    """The package root is lazy and the extension is imported by its full name: neither the samplers, the
+    steps nor the CLI load when a program only needs covkernels._C and covkernels.ops."""
+    root = str(Path(ck.__file__).parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _LOAD_OPS_ONLY], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded_ext, modules = proc.stdout.split("\n")[:2]
+    modules = set(modules.split())
+    assert {"covkernels.ops.dispatch", "covkernels.ops.library"} <= modules
+    assert loaded_ext == str(dispatch.extension_status()[0] is not None)
+    if loaded_ext == "True":
+        assert {"covkernels._C", "covkernels.ops.dct.cpp"} <= modules
+    above = sorted(m for m in modules if m.split(".")[1:2] and m.split(".")[1] not in ("_C", "_extension",
+                                                                                       "_version", "ops"))
+    assert above == [], f"loading the extension and the ops imported {above}"
+
+
+def test_cpu_operators_says_why_the_extension_does_not_load(monkeypatch):
+    monkeypatch.setattr(_extension, "extension_status", lambda: (None, "covkernels._C is not built (test)"))
+    with pytest.raises(ImportError, match=r"covkernels._C is not built \(test\)"):
+        _extension.cpu_operators()

@@ -35,3 +35,38 @@ def launch_grid_1d(rows: int, per_row: int, block: int) -> tuple[int, int]:
 def contiguous(t: torch.Tensor) -> torch.Tensor:
     """Kernels index NCHW memory directly: other layouts are copied (documented, not an error)."""
     return t if t.is_contiguous() else t.contiguous()
+
+
+# --- what a backend runs ----------------------------------------------------------------------------------
+# Every backend module answers ``supports(op, **args) -> None | reason``: None when it runs ``op`` on these
+# arguments (the reference's names and defaults), else a short reason. Only ops.dispatch asks, and runs the
+# reference (reporting the fallback) on a reason; a backend function never reroutes by itself. Arguments
+# that are invalid for every backend get None: the op itself raises the error that names them.
+
+FLOAT64 = "float64"  # the fused kernels accumulate in float32
+GLOBAL_DCT = "global DCT basis"  # a dense transform per plane: torch matmuls, no fused kernel
+
+
+def block_too_large(block: int, limit: int) -> str:
+    return f"block {block} > {limit}"
+
+
+def dims(ndim: int) -> str:
+    return f"{ndim}-D input"
+
+
+def mixed_dtypes(*tensors: torch.Tensor) -> str:
+    return "mixed input dtypes (" + ", ".join(str(t.dtype).removeprefix("torch.") for t in tensors) + ")"
+
+
+def check_op(op: str, ops: tuple[str, ...], module: str) -> None:
+    """``supports`` answers only for the ops its own module defines."""
+    if op not in ops:
+        raise ValueError(f"{module} has no op {op!r}; its ops are {ops}")
+
+
+def unsupported(backend: str, op: str, reason: str) -> NotImplementedError:
+    """What a backend function raises when called with arguments its ``supports`` declines: a direct call
+    that skipped :mod:`covkernels.ops.dispatch` (which runs the reference for them)."""
+    return NotImplementedError(f"the {backend} backend does not run {op} for these arguments ({reason}); "
+                               f"covkernels.ops.dispatch runs the reference for them")

@@ -1,18 +1,28 @@
 """Compiled-CPU twin of :mod:`covkernels.ops.dct.reference` (``covkernels._C``, csrc/dct/).
 
 The blockwise transform (``convdct``) is a fused strip-of-blocks kernel, any block size, float64 in
-double. The identity is a no-op and the global DCT a dense matrix product per plane (MKL/OpenBLAS through
-torch), both as in the reference.
+double; the identity returns its input. The global DCT (a dense matrix product per plane, MKL/OpenBLAS
+through torch) is not run here: :func:`supports` says so and :mod:`covkernels.ops.dispatch` runs the
+reference for it, and reports it.
 """
 from __future__ import annotations
 
 import torch
 
-from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
-from ..common import alloc, contiguous
+from ..._extension import cpu_operators
+from ..common import GLOBAL_DCT, alloc, check_op, contiguous, unsupported
 from . import reference as ref
 
-C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
+C = cpu_operators()  # torch.ops.covkernels_cpu: the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
+
+
+OPS = ("analysis", "synthesis")
+
+
+def supports(op: str, **args) -> str | None:
+    """Why this backend does not run ``op`` (``analysis`` / ``synthesis``) on ``args``, or None when it does."""
+    check_op(op, OPS, __name__)
+    return GLOBAL_DCT if args["basis"] == "dct" else None
 
 
 def _blockwise(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:
@@ -36,11 +46,19 @@ def block_idct2(c: torch.Tensor, block: int = 8) -> torch.Tensor:
     return _blockwise(c, block, True)
 
 
+def _other_basis(data: torch.Tensor, basis: str, op: str) -> torch.Tensor:
+    """The identity is the data itself; the global DCT is not run here (see :func:`supports`)."""
+    ref.check_basis(basis)
+    if basis == "dct":
+        raise unsupported("cpp", op, GLOBAL_DCT)
+    return data
+
+
 def analysis(x: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
-    """``F x``: blockwise compiled; identity and global DCT as in the reference."""
-    return block_dct2(x, block) if basis == "convdct" else ref.analysis(x, basis, block)
+    """``F x``: blockwise compiled; the identity returns ``x``."""
+    return block_dct2(x, block) if basis == "convdct" else _other_basis(x, basis, "analysis")
 
 
 def synthesis(c: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
-    """``F^T c``: blockwise compiled; identity and global DCT as in the reference."""
-    return block_idct2(c, block) if basis == "convdct" else ref.synthesis(c, basis, block)
+    """``F^T c``: blockwise compiled; the identity returns ``c``."""
+    return block_idct2(c, block) if basis == "convdct" else _other_basis(c, basis, "synthesis")

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from ..common import check_op
+
 
 @functools.lru_cache(maxsize=64)
 def _dct_matrix_f64(n: int) -> torch.Tensor:
@@ -100,15 +102,19 @@ def block_idct2(c: torch.Tensor, block: int = 8) -> torch.Tensor:
 BASES = ("identity", "dct", "convdct")
 
 
+def check_basis(basis: str) -> None:
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+
+
 def analysis(x: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
     """``F x`` for a basis name in :data:`BASES` (``block`` is used by ``convdct`` only)."""
     if basis == "identity":
         return x
     if basis == "dct":
         return dct2(x)
-    if basis == "convdct":
-        return block_dct2(x, block)
-    raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+    check_basis(basis)
+    return block_dct2(x, block)
 
 
 def synthesis(c: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
@@ -117,9 +123,17 @@ def synthesis(c: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
         return c
     if basis == "dct":
         return idct2(c)
-    if basis == "convdct":
-        return block_idct2(c, block)
-    raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+    check_basis(basis)
+    return block_idct2(c, block)
+
+
+OPS = ("analysis", "synthesis")
+
+
+def supports(op: str, **args) -> None:
+    """The reference runs every op on every valid argument (``ops/common.py``: what ``supports`` answers)."""
+    check_op(op, OPS, __name__)
+    return None
 
 
 # The overlapping ConvDCT ("convdct" with stride < block) is a frame, not a basis: the block DCT of every one

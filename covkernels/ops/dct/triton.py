@@ -7,8 +7,9 @@ No ``tl.dot``: K = 4 and 8 are below its minimum tile size, the flops are neglig
 traffic, and fp32 stays exact IEEE (no TF32 rounding) on every GPU and in the interpreter.
 Storage may be float32, float16 or bfloat16; accumulation is float32.
 
-The global DCT (``basis="dct"``) is a dense matrix product per plane; on this backend it stays a torch
-matmul (cuBLAS), the same code as the reference.
+Not run here (:func:`supports` says why; :mod:`covkernels.ops.dispatch` runs the reference instead and
+reports it): the global DCT (``basis="dct"``, a dense matrix product per plane: a torch matmul, cuBLAS),
+float64 data, and blocks above :data:`MAX_FUSED_BLOCK`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import alloc, contiguous
+from ..common import FLOAT64, GLOBAL_DCT, alloc, block_too_large, check_op, contiguous, unsupported
 from . import reference as ref
 
 STRIP = 64  # columns per program: 16 blocks of 4, 8 of 8 or 4 of 16
@@ -72,16 +73,35 @@ def _strip_width(w: int, k: int) -> int:
     return max(k, min(STRIP, triton.next_power_of_2(w)))
 
 
+OPS = ("analysis", "synthesis")
+
+
+def _is_power_of_two(block) -> bool:
+    return isinstance(block, int) and block > 0 and not block & (block - 1)
+
+
+def supports(op: str, **args) -> str | None:
+    """Why this backend does not run ``op`` (``analysis(x, basis, block)`` / ``synthesis(c, basis, block)``)
+    on ``args``, or None when it does. A block that is not a power of two is an error here, not a reason."""
+    check_op(op, OPS, __name__)
+    if args["basis"] == "dct":
+        return GLOBAL_DCT
+    if args["basis"] != "convdct":
+        return None  # identity: the data itself; an unknown basis: the op raises
+    data = args["x" if op == "analysis" else "c"]
+    if isinstance(data, torch.Tensor) and data.dtype == torch.float64:
+        return FLOAT64
+    block = args["block"]
+    if _is_power_of_two(block) and block > MAX_FUSED_BLOCK:
+        return block_too_large(block, MAX_FUSED_BLOCK)
+    return None
+
+
 def _blockwise(x: torch.Tensor, block: int, inverse: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-    if x.dtype == torch.float64 and out is None:  # the kernels accumulate in float32: float64 uses the oracle
-        return ref.block_idct2(x, block) if inverse else ref.block_dct2(x, block)
     ref._check_image(x, "c" if inverse else "x")
     ref.check_block(x.shape, block, "c" if inverse else "x")
     if block & (block - 1):
         raise ValueError(f"the triton backend needs a power-of-two block, got block={block}")
-    if block > MAX_FUSED_BLOCK:
-        y = ref.block_idct2(x, block) if inverse else ref.block_dct2(x, block)
-        return y if out is None else out.copy_(y)
     x = contiguous(x)
     h, w = x.shape[-2:]
     out = alloc(x.shape, x.dtype, x.device) if out is None else out
@@ -104,11 +124,19 @@ def block_idct2(c: torch.Tensor, block: int = 8, out: torch.Tensor | None = None
     return _blockwise(c, block, True, out)
 
 
+def _other_basis(data: torch.Tensor, basis: str, op: str) -> torch.Tensor:
+    """The identity is the data itself; the global DCT is not run here (see :func:`supports`)."""
+    ref.check_basis(basis)
+    if basis == "dct":
+        raise unsupported("triton", op, GLOBAL_DCT)
+    return data
+
+
 def analysis(x: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
-    """``F x``: blockwise in Triton; identity and global DCT as in the reference."""
-    return block_dct2(x, block) if basis == "convdct" else ref.analysis(x, basis, block)
+    """``F x``: blockwise in Triton; the identity returns ``x``."""
+    return block_dct2(x, block) if basis == "convdct" else _other_basis(x, basis, "analysis")
 
 
 def synthesis(c: torch.Tensor, basis: str, block: int = 8) -> torch.Tensor:
-    """``F^T c``: blockwise in Triton; identity and global DCT as in the reference."""
-    return block_idct2(c, block) if basis == "convdct" else ref.synthesis(c, basis, block)
+    """``F^T c``: blockwise in Triton; the identity returns ``c``."""
+    return block_idct2(c, block) if basis == "convdct" else _other_basis(c, basis, "synthesis")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import check_op
 from ..noise.reference import ddim_mean, work_dtype
 
 
@@ -120,3 +121,12 @@ def lanczos_synthesis(denoised: torch.Tensor, x_t: torch.Tensor, basis: torch.Te
     for j in range(g.shape[1]):
         out = out + _bcast(coef[:, j], out) * basis[j].to(wd)
     return out.to(x_t.dtype)
+
+
+OPS = ("lanczos_update", "krylov_sqrt_e1", "lanczos_synthesis")
+
+
+def supports(op: str, **args) -> None:
+    """The reference runs every op on every valid argument (``ops/common.py``: what ``supports`` answers)."""
+    check_op(op, OPS, __name__)
+    return None

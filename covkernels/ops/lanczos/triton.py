@@ -10,7 +10,9 @@ reorthogonalisation, whose second Gram-Schmidt sweep repeats passes 1 and 2 on `
 
 Partial sums go to a ``(B, programs, ...)`` buffer reduced by torch, not by atomics, so results are
 bitwise reproducible. The algorithm is the reference's: one classical Gram-Schmidt sweep with the dots.
-The synthesis ``x_s = m + |xi| sum_j g_j q_j`` with the DDIM mean is one pass.
+The synthesis ``x_s = m + |xi| sum_j g_j q_j`` with the DDIM mean is one pass. float64 runs are not run
+here (:func:`supports`; :mod:`covkernels.ops.dispatch` runs the reference and reports it). The batched
+``k x k`` eigendecomposition (:data:`krylov_sqrt_e1`) is torch's on every backend: nothing to fuse.
 """
 from __future__ import annotations
 
@@ -18,10 +20,20 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import alloc, contiguous
+from ..common import FLOAT64, alloc, check_op, contiguous
 from . import reference as ref
 
 CHUNK = 1024
+
+OPS = ("lanczos_update", "krylov_sqrt_e1", "lanczos_synthesis")
+
+
+def supports(op: str, **args) -> str | None:
+    """Why this backend does not run ``op`` on ``args`` (the reference's argument names), or None when it
+    does: the kernels accumulate in float32, so float64 runs are the reference's."""
+    check_op(op, OPS, __name__)
+    data = {"lanczos_update": "basis", "lanczos_synthesis": "x_t"}.get(op)
+    return FLOAT64 if data is not None and args[data].dtype == torch.float64 else None
 
 
 @triton.jit
@@ -88,8 +100,6 @@ def _geometry(aq: torch.Tensor, basis: torch.Tensor):
 
 def lanczos_update(aq, basis, j, *, reorthogonalize=True):
     """Triton twin of :func:`covkernels.ops.lanczos.reference.lanczos_update` (three passes)."""
-    if basis.dtype == torch.float64:  # the kernels accumulate in float32: float64 runs use the oracle
-        return ref.lanczos_update(aq, basis, j, reorthogonalize=reorthogonalize)
     aq = contiguous(aq)
     b, n, parts = _geometry(aq, basis)
     first, rows = ref.update_rows(j, reorthogonalize)
@@ -119,8 +129,6 @@ def lanczos_update(aq, basis, j, *, reorthogonalize=True):
 
 def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down, out=None):
     """Triton twin of :func:`covkernels.ops.lanczos.reference.lanczos_synthesis` (one pass)."""
-    if x_t.dtype == torch.float64:
-        return ref.lanczos_synthesis(denoised, x_t, basis, g, xi_norm, sigma_t=sigma_t, sigma_down=sigma_down)
     d, x = contiguous(denoised), contiguous(x_t)
     b, n, parts = _geometry(x, basis)
     out = alloc(x.shape, x.dtype, x.device) if out is None else out
@@ -131,4 +139,4 @@ def lanczos_synthesis(denoised, x_t, basis, g, xi_norm, *, sigma_t, sigma_down, 
     return out
 
 
-krylov_sqrt_e1 = ref.krylov_sqrt_e1  # a batched k x k eigh: stays in torch
+krylov_sqrt_e1 = ref.krylov_sqrt_e1  # a batched k x k eigh: torch's on every backend (this backend's own op)

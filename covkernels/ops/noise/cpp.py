@@ -7,25 +7,40 @@
 
 The global ``dct`` basis is a dense transform per plane: its two transforms are torch matrix products
 and the kernel does everything between them in coefficient space (estimate, clamp, standard deviation,
-noise), so the random streams are still the compiled ones.
+noise), so the random streams are still the compiled ones. Not run here (:func:`supports` says why;
+:mod:`covkernels.ops.dispatch` runs the reference and reports it): data that is not ``(B, C, H, W)`` in a
+transform basis, and a step whose inputs have different dtypes (the kernel reads one storage dtype).
 """
 from __future__ import annotations
 
 import torch
 
-from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
-from ..common import alloc, contiguous
+from ..._extension import cpu_operators
+from ..common import alloc, check_op, contiguous, dims, mixed_dtypes
 from ..dct import reference as dct_ref
 from ..rng.cpp import signed_seed
 from ..rng.reference import STREAM_NOISE, STREAM_PROBE, check_counter_range
 from . import reference as ref
 
-C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
+C = cpu_operators()  # torch.ops.covkernels_cpu: the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
 
 
-def _check_basis(basis: str) -> None:
+OPS = ("probe_tangent", "structured_step")
+
+
+def supports(op: str, **args) -> str | None:
+    """Why this backend does not run ``op`` on ``args`` (the reference's argument names), or None when it
+    does. An unknown basis is an error of the op, not a reason."""
+    check_op(op, OPS, __name__)
+    basis = args["basis"]
     if basis not in dct_ref.BASES:
-        raise ValueError(f"basis must be one of {dct_ref.BASES}, got {basis!r}")
+        return None
+    ndim = len(args["shape"]) if op == "probe_tangent" else args["x_t"].dim()
+    if basis != "identity" and ndim != 4:
+        return dims(ndim)
+    if op == "structured_step" and not args["denoised"].dtype == args["jvps"].dtype == args["x_t"].dtype:
+        return mixed_dtypes(args["denoised"], args["x_t"], args["jvps"])
+    return None
 
 
 def _kernel_view(t: torch.Tensor, basis: str) -> torch.Tensor:
@@ -46,12 +61,9 @@ def _kernel_block(basis: str, block: int, shape) -> int:
 def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int = 0, basis: str, block: int = 8,
                   dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """Compiled twin of :func:`covkernels.ops.noise.reference.probe_tangent`."""
-    _check_basis(basis)
+    dct_ref.check_basis(basis)
     shape = tuple(shape)
     check_counter_range(shape, sample_offset)
-    if basis != "identity" and len(shape) != 4:  # other layouts: the reference composition
-        return ref.probe_tangent(seed, shape, sample_offset=sample_offset, step=step, index=index, basis=basis,
-                                 block=block, dtype=dtype, device=device)
     k = _kernel_block(basis, block, shape)
     out = alloc(shape, dtype, device or "cpu")
     if out.numel():
@@ -63,13 +75,7 @@ def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int
 def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, sigma_down, sigma_up, basis,
                     block=8, channel_average=True, c_max=1.0):
     """Compiled twin of :func:`covkernels.ops.noise.reference.structured_step` (one fused pass)."""
-    _check_basis(basis)
-    # Other layouts, and inputs of mixed dtypes (the reference converts each to the work dtype; the kernel
-    # reads one storage dtype), take the reference composition.
-    if (basis != "identity" and x_t.dim() != 4) or not denoised.dtype == jvps.dtype == x_t.dtype:
-        return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
-                                   sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
-                                   block=block, channel_average=channel_average, c_max=c_max)
+    dct_ref.check_basis(basis)
     k = _kernel_block(basis, block, x_t.shape)
     check_counter_range(tuple(x_t.shape), sample_offset)
     dtype = x_t.dtype

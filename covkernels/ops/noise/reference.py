@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import check_op
 from ..dct.reference import analysis, synthesis
 from ..rng.reference import STREAM_NOISE, STREAM_PROBE, philox_normal, philox_rademacher
 
@@ -85,3 +86,12 @@ def structured_step(denoised: torch.Tensor, x_t: torch.Tensor, jvps: torch.Tenso
     mean = ddim_mean(denoised, x_t, sigma_t, sigma_down)
     out = structured_noise(mean, c, xi, sigma_up=sigma_up, scale=sigma_t - sigma_down, basis=basis, block=block)
     return out.to(x_t.dtype)
+
+
+OPS = ("probe_tangent", "structured_step")
+
+
+def supports(op: str, **args) -> None:
+    """The reference runs every op on every valid argument (``ops/common.py``: what ``supports`` answers)."""
+    check_op(op, OPS, __name__)
+    return None

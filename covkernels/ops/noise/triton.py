@@ -8,9 +8,10 @@
   in-register Gaussian noise, inverse-transforms, adds the DDIM mean and stores. Memory traffic: read
   ``Jv`` (P x), ``D`` and ``x_t`` once, write ``x_s`` once; the coefficients never touch memory.
 
-The identity basis runs the same kernel with ``K = 1``; the global ``dct`` basis (a dense transform per
-plane) runs the reference composition, whose transforms are torch matmuls (cuBLAS) and whose noise is
-the same stream.
+The identity basis runs the same kernel with ``K = 1``. Not run here (:func:`supports` says why;
+:mod:`covkernels.ops.dispatch` runs the reference instead and reports it): the global ``dct`` basis (a dense
+transform per plane, torch matmuls in the reference, the same random stream), float64 data, and blocks the
+fused kernels cannot hold in registers.
 """
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import alloc, contiguous
+from ..common import FLOAT64, GLOBAL_DCT, alloc, block_too_large, check_op, contiguous, unsupported
 from ..dct import reference as dct_ref
 from ..dct.triton import MAX_FUSED_BLOCK, _strip_width, block_transform, load_matrix, strip_offsets
 from ..rng.reference import STREAM_NOISE, STREAM_PROBE
 from ..rng.triton import normal, rademacher
-from . import reference as ref
 
 _STREAM_NOISE = tl.constexpr(STREAM_NOISE)  # the reference's stream ids: a compiled kernel may only read constexpr globals
 _STREAM_PROBE = tl.constexpr(STREAM_PROBE)
@@ -108,6 +108,27 @@ def _structured_step_kernel(d_ptr, x_ptr, jv_ptr, out_ptr, m_ptr, H, W, probe_st
                           step, K, TW)
 
 
+OPS = ("probe_tangent", "structured_step")
+
+
+def supports(op: str, **args) -> str | None:
+    """Why this backend does not run ``op`` on ``args`` (the reference's argument names), or None when it
+    does. The checks and their order are those the kernels need; a block that is not a power of two is an
+    error of the step, not a reason."""
+    check_op(op, OPS, __name__)
+    basis, block = args["basis"], args["block"]
+    if basis == "dct":
+        return GLOBAL_DCT
+    if (args["dtype"] if op == "probe_tangent" else args["x_t"].dtype) == torch.float64:
+        return FLOAT64
+    if op == "probe_tangent":
+        return block_too_large(block, MAX_FUSED_BLOCK) if basis == "convdct" and block > MAX_FUSED_BLOCK else None
+    k = _block_of(basis, block)
+    if k in STEP_STRIP:
+        return None
+    return block_too_large(block, max(STEP_STRIP)) if k > max(STEP_STRIP) else f"block {block}: no fused kernel"
+
+
 def _block_of(basis: str, block: int) -> int:
     k = 1 if basis == "identity" else block
     if k & (k - 1):
@@ -151,10 +172,9 @@ def _geometry(view: torch.Tensor, basis: str, block: int):
 def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int = 0, basis: str, block: int = 8,
                   dtype=torch.float32, device=None) -> torch.Tensor:
     """Triton twin of :func:`covkernels.ops.noise.reference.probe_tangent`."""
-    if basis == "dct" or dtype == torch.float64 or (basis == "convdct" and block > MAX_FUSED_BLOCK):
-        # dense transform / float64 / blocks that spill registers (see MAX_FUSED_BLOCK): the reference path
-        return ref.probe_tangent(seed, shape, sample_offset=sample_offset, step=step, index=index, basis=basis,
-                                 block=block, dtype=dtype, device=device)
+    dct_ref.check_basis(basis)
+    if basis == "dct":
+        raise unsupported("triton", "probe_tangent", GLOBAL_DCT)
     out = alloc(shape, dtype, device)
     view = _as_nchw(out, basis)
     b, c, h, w, k, tw, m = _geometry(view, basis, block)
@@ -167,11 +187,9 @@ def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int
 def structured_step(denoised, x_t, jvps, seed, *, sample_offset, step, sigma_t, sigma_down, sigma_up, basis,
                     block=8, channel_average=True, c_max=1.0, out=None):
     """Triton twin of :func:`covkernels.ops.noise.reference.structured_step` (one fused kernel)."""
-    if basis == "dct" or x_t.dtype == torch.float64 or _block_of(basis, block) not in STEP_STRIP:
-        # dense transform / float64 / blocks the fused kernel cannot hold in registers: the reference path
-        return ref.structured_step(denoised, x_t, jvps, seed, sample_offset=sample_offset, step=step,
-                                   sigma_t=sigma_t, sigma_down=sigma_down, sigma_up=sigma_up, basis=basis,
-                                   block=block, channel_average=channel_average, c_max=c_max)
+    dct_ref.check_basis(basis)
+    if basis == "dct":
+        raise unsupported("triton", "structured_step", GLOBAL_DCT)
     d, x, jv = (contiguous(t) for t in (denoised, x_t, jvps))
     out = alloc(x_t.shape, x_t.dtype, x_t.device) if out is None else out
     dv, xv, ov = _as_nchw(d, basis), _as_nchw(x, basis), _as_nchw(out, basis)

@@ -10,11 +10,11 @@ import math
 
 import torch
 
-from ... import _C  # noqa: F401  (loading it registers torch.ops.covkernels_cpu)
-from ..common import alloc
+from ..._extension import cpu_operators
+from ..common import alloc, check_op
 from .reference import STREAM_NOISE, check_counter_range
 
-C = torch.ops.covkernels_cpu  # the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
+C = cpu_operators()  # torch.ops.covkernels_cpu: the compiled kernels as stable-ABI operators (csrc/python/ops.cpp)
 
 SEED_MASK = 0xFFFFFFFFFFFFFFFF
 
@@ -23,6 +23,15 @@ def signed_seed(seed: int) -> int:
     """The 64-bit key as the operators' (signed) ``int``: the same 64 bits, read back as uint64 in C++."""
     s = int(seed) & SEED_MASK
     return s - (1 << 64) if s >= (1 << 63) else s
+
+
+OPS = ("philox_normal",)
+
+
+def supports(op: str, **args) -> None:
+    """Every draw runs here (float32 math, cast to ``dtype`` on store, as in the reference)."""
+    check_op(op, OPS, __name__)
+    return None
 
 
 def philox_normal(seed: int, shape, *, sample_offset: int = 0, step: int = 0, stream: int = STREAM_NOISE,

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from ..common import check_op
+
 _MASK32 = 0xFFFFFFFF
 _MUL_A = 0xD2511F53  # multiplier of counter word 0
 _MUL_B = 0xCD9E8D57  # multiplier of counter word 2
@@ -126,3 +128,12 @@ def philox_rademacher(seed: int, shape, *, sample_offset: int = 0, step: int = 0
                       dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """Rademacher (+-1) tensor of ``shape = (B, ...)``: the sign is the top bit of word 0."""
     return _generate(seed, shape, sample_offset, step, stream, device, _sign).to(dtype)
+
+
+OPS = ("philox_normal",)
+
+
+def supports(op: str, **args) -> None:
+    """The reference runs every op on every valid argument (``ops/common.py``: what ``supports`` answers)."""
+    check_op(op, OPS, __name__)
+    return None

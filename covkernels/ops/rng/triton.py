@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common import alloc, launch_grid_1d
+from ..common import alloc, check_op, launch_grid_1d
 from .reference import STREAM_NOISE
 
 
@@ -61,6 +61,15 @@ def _normal_kernel(out_ptr, per_sample, seed, sample_offset, step, stream, BLOCK
     mask = elem < per_sample
     value = normal(seed, elem, sample_offset + b, step, stream)
     tl.store(out_ptr + b.to(tl.int64) * per_sample + elem, value.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+OPS = ("philox_normal",)
+
+
+def supports(op: str, **args) -> None:
+    """Every draw runs here (float32 math, cast to ``dtype`` on store, as in the reference)."""
+    check_op(op, OPS, __name__)
+    return None
 
 
 def philox_normal(seed: int, shape, *, sample_offset: int = 0, step: int = 0, stream: int = STREAM_NOISE,
