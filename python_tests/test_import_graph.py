@@ -8,8 +8,9 @@ The layers are defined once, in :data:`LAYERS` (bottom to top) and :data:`MODELS
   the fused ops are reached through ``ops.dispatch`` / ``ops.library`` only. The one exception is the model
   zoo, whose analytic oracles compute in the reference's float64 math on purpose (an oracle must not run
   the code it is used to check);
-* the models import only the foundation, the engine's pure helpers and the reference ops, and only the
-  tools and the CLI import them;
+* the models import only the foundation, the engine's pure helpers, the reference ops and the adapters (a
+  shipped model of the kind users bring is wrapped the way a user would), and only the tools and the CLI
+  import them;
 * only ``covkernels._extension`` loads the compiled libraries, by full module name (no ``from . import _C``,
   which would go through the package root's lazy ``__getattr__``).
 """
@@ -115,7 +116,9 @@ LAYERS = (  # bottom to top
     ("cli", ("covkernels.cli", "covkernels.cli_sample", "covkernels.__main__")),
 )
 MODELS = ("models", ("covkernels.models.**",))  # beside the stack
-MODELS_IMPORT = {"foundation", "backends", "engine"}  # of the backends, the reference modules only (see above)
+# of the backends, the reference modules only (see above); the adapters because a shipped model of the kind users
+# bring (patches_flow: a rectified-flow network) is built with the public adapter, as a user would
+MODELS_IMPORT = {"foundation", "backends", "engine", "adapters"}
 MODELS_IMPORTED_BY = {"tools", "cli"}
 BACKEND_MODULE = re.compile(r"covkernels\.ops\.[^.]+\.(reference|triton|cpp)$")
 REFERENCE_MODULE = re.compile(r"covkernels\.ops\.[^.]+\.reference$")
