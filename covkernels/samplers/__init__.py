@@ -14,9 +14,11 @@ from . import single_step, ancestral, multistep, covariance, hybrid  # noqa: F40
 from .ancestral import sample_ddpm, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_noisy_ddim
 from .api import StepSpacingWarning, sample
 from .calibrated import PosteriorSpectrum, calibrate_spectrum
-from .common import COV_SIGMA_MAX, check_inputs
+from ..steps.validation import check_inputs
+from .common import COV_SIGMA_MAX
 from .covariance import sample_cov_ddim, sample_diag_hutchinson, sample_lanczos
 from .hybrid import sample_ode_cov
+from .hybrid_options import At, Auto, Calibrated, CovSteps, Diagonal, End, Lanczos, OdeCovOptions
 from .multistep import sample_dpmpp_2m, sample_ipndm, sample_ipndm_v, sample_unipc
 from .registry import FAMILIES, REGISTRY, SamplerSpec, get_sampler, nfe_per_sample, register, spec
 from .single_step import PosteriorVariance, addim_variance, calibrate_addim_variance, sample_addim, sample_ddim, \
@@ -26,4 +28,5 @@ SAMPLERS = tuple(REGISTRY)  # names of the registered samplers, in registration 
 
 __all__ = ["SAMPLERS", "StepSpacingWarning", "REGISTRY", "FAMILIES", "SamplerSpec", "register", "spec", "get_sampler", "nfe_per_sample",
            "sample", "COV_SIGMA_MAX", "check_inputs", "PosteriorVariance", "addim_variance",
-           "calibrate_addim_variance", "PosteriorSpectrum", "calibrate_spectrum"] + [f"sample_{n}" for n in SAMPLERS]
+           "calibrate_addim_variance", "PosteriorSpectrum", "calibrate_spectrum", "Diagonal", "Lanczos",
+           "Calibrated", "End", "Auto", "At", "CovSteps", "OdeCovOptions"] + [f"sample_{n}" for n in SAMPLERS]
