@@ -6,7 +6,9 @@ initial noise already scaled by ``sigmas[0]``; ``sigmas`` is strictly decreasing
 ``callback`` gets k-diffusion's dict ``{x, i, sigma, sigma_hat, denoised}`` each step; ``disable`` turns off
 the tqdm bar (None: on when attached to a terminal). Unknown options raise ``TypeError``. Every sampler also
 takes ``generator``, ``sample_offset`` (counter-based noise: a sample does not depend on the batch layout)
-and ``check_finite``.
+and ``check_finite``. What a sampler takes is the registry's answer (``spec(name).takes(option)``).
+``ode_cov``'s options are objects (:class:`Diagonal`, :class:`Lanczos`, :class:`Calibrated`; :class:`Auto`,
+:class:`End`, :class:`At`; :class:`CovSteps`; :mod:`.hybrid_options`) or their string / flat spellings.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .single_step import PosteriorVariance, addim_variance, calibrate_addim_vari
 
 SAMPLERS = tuple(REGISTRY)  # names of the registered samplers, in registration order
 
-__all__ = ["SAMPLERS", "StepSpacingWarning", "REGISTRY", "FAMILIES", "SamplerSpec", "register", "spec", "get_sampler", "nfe_per_sample",
-           "sample", "COV_SIGMA_MAX", "check_inputs", "PosteriorVariance", "addim_variance",
+__all__ = ["SAMPLERS", "StepSpacingWarning", "REGISTRY", "FAMILIES", "SamplerSpec", "register", "spec",
+           "get_sampler", "nfe_per_sample", "sample", "COV_SIGMA_MAX", "check_inputs", "PosteriorVariance", "addim_variance",
            "calibrate_addim_variance", "PosteriorSpectrum", "calibrate_spectrum", "Diagonal", "Lanczos",
            "Calibrated", "End", "Auto", "At", "CovSteps", "OdeCovOptions"] + [f"sample_{n}" for n in SAMPLERS]

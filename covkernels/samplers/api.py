@@ -85,7 +85,8 @@ def sample(model, shape, sampler: str | None = None, steps: int | None = None, s
     why). The schedule is either built from ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho``
     (unset: the sampler's recommended ``schedule_defaults`` of the registry over :data:`SCHEDULE_DEFAULTS`,
     karras with 8 steps from 80 to 0.002, rho 7; ``ipndm``, the default sampler, and ``ode_cov``:
-    exponential down to 0.1; see :func:`schedule_defaults`) or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with any of the others raises ValueError,
+    exponential down to 0.1; see :func:`schedule_defaults`) or given as ``sigmas`` (1-D, decreasing); passing
+    ``sigmas`` with any of the others raises ValueError,
     since they would be ignored. ``sampler``: a registry name; unset, :data:`DEFAULT_SAMPLER` (``ipndm``) on
     the package's schedules and :data:`HOST_SCHEDULE_SAMPLER` (``dpmpp_2m``) on given ``sigmas``. ``ipndm``
     on ``sigmas`` it does not fit warns (:class:`StepSpacingWarning`). ``options`` go to the sampler.

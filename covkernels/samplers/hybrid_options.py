@@ -258,11 +258,6 @@ class OdeCovOptions:
     def auto(self) -> bool:
         return isinstance(self.switch, Auto)
 
-    @property
-    def deterministic(self) -> bool:
-        """No fresh noise in the ODE part (the automatic switch predicts the probability-flow trajectory)."""
-        return _deterministic(self.ode, self.ode_options)
-
     def split(self, sigmas: list[float]) -> tuple[list[float], list[float]]:
         return split_schedule(sigmas, self.switch, self.steps.count, self.steps.sigma_min)
 
@@ -293,6 +288,7 @@ class OdeCovOptions:
 
 
 def _deterministic(ode: str, ode_options) -> bool:
+    """No fresh noise in the ODE part (the automatic switch predicts the probability-flow trajectory)."""
     return not REGISTRY[ode].stochastic and not (ode_options or {}).get("s_churn")
 
 

@@ -158,10 +158,11 @@ def nfe_per_sample(sampler: str, sigmas, *, guided: bool = False, **options) -> 
 
     ``sigmas``: the schedule (or an int number of steps of a schedule ending in 0; then every step but the
     last counts as a full step, also for the windowed covariance samplers). ``options``: the sampler's own
-    options that change the count (``lanczos_steps``, ``probes``, ``cov_sigma_max``, ...; defaults from its
-    signature); an option the sampler does not take raises TypeError. ``guided``: the count with classifier-free
-    guidance (JVP samplers: one unconditional forward more per step; others: every evaluation doubles). Lanczos is counted at its maximum (an early stop on an invariant
-    Krylov space saves JVPs).
+    options that change the count (``lanczos_steps``, ``probes``, ``cov_sigma_max``, ...; defaults from
+    :meth:`SamplerSpec.defaults`); an option the sampler does not take raises TypeError. ``guided``: the count
+    with classifier-free guidance (JVP samplers: one unconditional forward more per step; others: every
+    evaluation doubles). Lanczos is counted at its maximum (an early stop on an invariant Krylov space saves
+    JVPs).
     """
     s_spec = spec(sampler)
     accepted = s_spec.options()

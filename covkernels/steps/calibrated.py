@@ -27,7 +27,8 @@ class PosteriorSpectrum:
     """Calibrated Jacobian coefficients ``c(sigma)`` of shape ``(1, C or 1, H, W)`` in ``basis``.
 
     ``sigmas``: increasing positive levels ``(S,)``; ``coefficients``: ``(S, C or 1, H, W)`` in ``[0, 1]``.
-    Made by :func:`~covkernels.samplers.calibrated.calibrate_spectrum`; picklable (plain tensors) so it can be saved with ``torch.save``.
+    Made by :func:`~covkernels.samplers.calibrated.calibrate_spectrum`; picklable (plain tensors) so it can be
+    saved with ``torch.save``.
     """
 
     def __init__(self, sigmas, coefficients: torch.Tensor, *, basis: str = "dct", block: int = 8):
