@@ -8,7 +8,7 @@ Measured (median wall time of ``--repeats`` runs after a warm-up, the device syn
 * one model forward ``D(x, sigma)`` on a ``(B, C, H, W)`` batch;
 * one JVP ``(D(x), J v)`` per strategy of :mod:`covkernels.jvp` (a strategy the model cannot run is
   reported with its reason), as a multiple of the forward;
-* the non-model part of one step of every sampler of the registry (``covkernels.sampling.SAMPLERS``), on
+* the non-model part of one step of every sampler of the registry (``covkernels.samplers.SAMPLERS``), on
   every backend that runs on the device for samplers that take ``backend``: the step is run with the
   model replaced by a stub ``D(x) = w * x`` (``w`` a fixed random ``(C, H, W)`` tensor, so Lanczos does
   not stop early), so the figure includes one elementwise multiply per model call (an upper bound);
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import os
 import platform
@@ -202,7 +201,7 @@ def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repea
     ``model``: a denoiser ``D(x, sigma)``; ``shape``: ``(B, C, H, W)``; ``samplers``: names from the
     registry (default: all)."""
     from . import jvp as jvp_engine
-    from .sampling import SAMPLERS, get_sampler
+    from .samplers import SAMPLERS, get_sampler, spec
 
     device = torch.device(device)
     samplers = list(SAMPLERS) if samplers is None else list(samplers)
@@ -240,14 +239,13 @@ def run_bench(model, shape, device, *, samplers=None, dtype=torch.float32, repea
     backends = _available_backends(device)
     out["backends"] = backends
     for s in samplers:
-        fn = get_sampler(s)
-        params = inspect.signature(fn).parameters
+        fn, s_spec = get_sampler(s), spec(s)
         runs, sigmas = {}, step_sigmas(s, device)
-        for backend in (list(backends) if "backend" in params else [None]):
+        for backend in (list(backends) if s_spec.takes_backend else [None]):
             opts = {"disable": True, "generator": torch.Generator(device=device).manual_seed(seed)}
             if backend is not None:
                 opts["backend"] = backend
-            if "jvp" in params:
+            if s_spec.takes_jvp:
                 opts["jvp"] = "finite_difference"
             runs[s if backend is None else f"{s} [{backend}]"] = (backend, lambda o=opts, g=sigmas: fn(stub, x, g, **o))
         # the reference run is the base of the rounds, so fused / reference is a same-round ratio

@@ -4,7 +4,7 @@ The models and their metrics are those of the evaluation (:mod:`covkernels.eval.
 any registered testbed and ``--num-eval`` samples are scored by that testbed's scorer (main metric, its
 floor, the other metrics).
 
-Which sampler options apply is read from the sampler registry (``spec(name).options()``), so a sampler
+Which sampler options apply is read from the sampler registry (``spec(name).takes(option)``), so a sampler
 added to the registry is covered without edits here. Progress: one display over all batches and
 one over the scoring (:class:`covkernels.progress.Progress`: a bar on a terminal, plain lines otherwise).
 """
@@ -17,11 +17,11 @@ import time
 import torch
 
 from .progress import Progress
-from .sampling import get_sampler, nfe_per_sample, sample
+from .samplers import nfe_per_sample, sample
 from .samplers.api import schedule_defaults
 from .schedules import get_sigmas
 
-# CLI flag of each sampler keyword the command exposes; a flag applies to a sampler whose function takes it.
+# CLI flag of each sampler keyword the command exposes; a flag applies to a sampler the registry says takes it.
 SAMPLER_FLAGS = {"eta": "--eta", "basis": "--basis", "block": "--block", "lanczos_steps": "--lanczos-steps",
                  "probes": "--probes", "jvp": "--jvp", "backend": "--backend", "cov_sigma_max": "--cov-sigma-max",
                  "ode": "--ode", "switch_sigma": "--switch-sigma", "covariance": "--covariance"}
@@ -36,9 +36,9 @@ def sampler_options(sampler: str, given: dict) -> dict:
     sampler and the options it takes when a given option does not apply to it."""
     from .samplers.registry import spec
 
-    params = spec(sampler).options()
-    takes = [flag for name, flag in SAMPLER_FLAGS.items() if name in params]
-    extra = [SAMPLER_FLAGS[name] for name, value in given.items() if value is not None and name not in params]
+    s_spec = spec(sampler)
+    takes = [flag for name, flag in SAMPLER_FLAGS.items() if s_spec.takes(name)]
+    extra = [SAMPLER_FLAGS[name] for name, value in given.items() if value is not None and not s_spec.takes(name)]
     if extra:
         verb = "does" if len(extra) == 1 else "do"
         options = ", ".join(takes) if takes else "none of the sampler options"

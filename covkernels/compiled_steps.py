@@ -26,8 +26,7 @@ from tqdm.auto import trange
 
 from . import jvp as jvp_engine
 from .ops import library
-from .ops.noise.reference import ddim_mean
-from .ops.rng.reference import STREAM_NOISE
+from .ops.api import STREAM_NOISE, ddim_mean
 from .steps import ancestral_split
 
 # Strategies that trace into one graph (python_tests/test_compile.py measures each; README, torch.compile).

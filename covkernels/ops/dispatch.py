@@ -236,3 +236,23 @@ def resolve(backend: str, device: torch.device | str) -> Backend:
         if impl is not None and _device_ok(name, device, explicit=False)[0]:
             return impl
     raise AssertionError("unreachable: the reference backend is always available")
+
+
+# --- Sampler-side entry points -------------------------------------------------------------------------------
+# Ops the sampler layer calls outside a step context (which holds a resolved backend). Added here, after the
+# backend selection above, so the layers above ``ops`` never import a backend module.
+
+# The initial noise stays on the reference stream unless a backend is asked for: the fused backends' integer
+# words are bit-identical to the reference's, but their normals agree only up to the rounding of log/cos
+# (ops/rng/triton.py, cpp.py), and x_T seeds the whole trajectory, so one seed must give one x_T on every
+# machine and backend (``covkernels.sample``'s samples compare across backends from the same start).
+INITIAL_NOISE_BACKEND = "reference"
+
+
+def initial_noise(seed: int, shape, *, sample_offset: int = 0, dtype: torch.dtype = torch.float32, device=None,
+                  backend: str = INITIAL_NOISE_BACKEND) -> torch.Tensor:
+    """Standard normals of the initial-noise stream (``STREAM_INIT``, step 0) of ``shape = (B, ...)``, sample
+    ``b`` at counter ``sample_offset + b``, from ``backend``'s generator (see :data:`INITIAL_NOISE_BACKEND`)."""
+    impl = resolve(backend, torch.device("cpu") if device is None else device)
+    return impl.normal(seed, shape, sample_offset=sample_offset, step=0, stream=rng_ref.STREAM_INIT, dtype=dtype,
+                       device=device)

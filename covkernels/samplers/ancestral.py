@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import trange
 
-from .. import steps as step_lib
-from .common import ancestral_tensor, check_inputs, check_number, context, covariance_loop, step_noise, to_d
+from ..steps import StepContext, noisy_ddim_step
+from ..steps.validation import check_eta, check_inputs, check_number
+from .common import ancestral_tensor, covariance_loop, step_noise, to_d
 from .registry import register
 
 
@@ -22,8 +23,9 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     """Ancestral sampling (k-diffusion ``sample_euler_ancestral``); eta = 1 is DDPM, eta = 0 DDIM.
     1 NFE per step."""
     sigmas = check_inputs(x, sigmas)
-    eta = step_lib.check_eta(eta)
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    eta = check_eta(eta)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = ctx.denoise(x, sigmas[i], i)
         sigma_down, sigma_up = ancestral_tensor(sigmas[i], sigmas[i + 1], eta)
@@ -47,10 +49,11 @@ def sample_noisy_ddim(model, x, sigmas, extra_args=None, callback=None, disable=
     on top of the ancestral ``sigma_up`` noise. 1 NFE per step. (This package called it ``addim`` before the
     published, deterministic aDDIM joined as :func:`sample_addim`.)"""
     sigmas = check_inputs(x, sigmas)
-    eta = step_lib.check_eta(eta)
+    eta = check_eta(eta)
     sigma_data = check_number(sigma_data, "sigma_data", 0.0, low_open=True)
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite, guidance=guidance)
-    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.noisy_ddim_step(
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite, guidance=guidance)
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: noisy_ddim_step(
         c, xx, i, st, ss, eta=eta, sigma_data=sigma_data))
 
 
@@ -76,7 +79,8 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     _check_sde(eta, s_noise, noise_sampler)
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     old_denoised, h_last = None, None
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = ctx.denoise(x, sigmas[i], i)
@@ -113,7 +117,8 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     (``phi_2 = (1 - e^{-h_eta}) / h_eta``-type weights), then ``sigma' sqrt(1 - e^{-2 eta h}) z``. 1 NFE per step."""
     sigmas = check_inputs(x, sigmas)
     _check_sde(eta, s_noise, noise_sampler)
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
     for i in trange(len(sigmas) - 1, disable=disable):

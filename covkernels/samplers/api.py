@@ -6,11 +6,10 @@ import warnings
 
 import torch
 
-from .. import steps as step_lib
-from ..ops.rng.reference import STREAM_INIT, philox_normal
+from ..ops.dispatch import initial_noise
 from ..schedules import get_sigmas
 from ..steps import draw_seed
-from .common import check_inputs
+from ..steps.validation import check_inputs, check_sample_offset
 from .registry import get_sampler, spec
 
 
@@ -81,12 +80,13 @@ def sample(model, shape, sampler: str | None = None, steps: int | None = None, s
     """One-line sampling: noise of ``shape = (B, ...)`` at ``sigma_max`` -> ``steps`` steps of ``sampler``.
 
     The initial noise comes from the same counter-based stream as all other noise, so sample ``b`` is the
-    same whatever the batch size (pass ``sample_offset`` when sharding). The schedule is either built from
-    ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho`` (unset: the sampler's recommended
-    ``schedule_defaults`` of the registry over :data:`SCHEDULE_DEFAULTS`, karras with 8 steps from 80 to
-    0.002, rho 7; ``ipndm``, the default sampler, and ``ode_cov``: exponential down to 0.1; see
-    :func:`schedule_defaults`)
-    or given as ``sigmas`` (1-D, decreasing); passing ``sigmas`` with any of the others raises ValueError,
+    same whatever the batch size (pass ``sample_offset`` when sharding); it is the reference backend's
+    stream whatever ``backend`` the sampler runs (``covkernels.ops.dispatch.INITIAL_NOISE_BACKEND`` says
+    why). The schedule is either built from ``schedule``, ``steps``, ``sigma_min``, ``sigma_max``, ``rho``
+    (unset: the sampler's recommended ``schedule_defaults`` of the registry over :data:`SCHEDULE_DEFAULTS`,
+    karras with 8 steps from 80 to 0.002, rho 7; ``ipndm``, the default sampler, and ``ode_cov``:
+    exponential down to 0.1; see :func:`schedule_defaults`) or given as ``sigmas`` (1-D, decreasing); passing
+    ``sigmas`` with any of the others raises ValueError,
     since they would be ignored. ``sampler``: a registry name; unset, :data:`DEFAULT_SAMPLER` (``ipndm``) on
     the package's schedules and :data:`HOST_SCHEDULE_SAMPLER` (``dpmpp_2m``) on given ``sigmas``. ``ipndm``
     on ``sigmas`` it does not fit warns (:class:`StepSpacingWarning`). ``options`` go to the sampler.
@@ -111,9 +111,8 @@ def sample(model, shape, sampler: str | None = None, steps: int | None = None, s
     shape = tuple(shape)
     if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"shape must be (B, ...) of positive ints, got {shape}")
-    step_lib.check_sample_offset(sample_offset)
+    check_sample_offset(sample_offset)
     seed = draw_seed(generator)
-    x = philox_normal(seed, shape, sample_offset=sample_offset, step=0, stream=STREAM_INIT, dtype=dtype,
-                      device=device) * sigmas[0].to(dtype)
+    x = initial_noise(seed, shape, sample_offset=sample_offset, dtype=dtype, device=device) * sigmas[0].to(dtype)
     return fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, generator=generator,
               sample_offset=sample_offset, **options)

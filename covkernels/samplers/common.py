@@ -1,60 +1,18 @@
-"""Shared pieces of the sampler loops: input checks, the step context, k-diffusion's small helpers."""
+"""Shared pieces of the sampler loops: the covariance samplers' loop and window, k-diffusion's small helpers.
+(The input checks are in :mod:`covkernels.steps.validation`.)"""
 from __future__ import annotations
-
-import math
 
 import torch
 from tqdm.auto import trange
 
-from .. import steps as step_lib
-from ..ops.rng.reference import STREAM_CHURN
-from ..steps import StepContext, check_cov_sigma_max  # noqa: F401  (re-exported for the registry)
+from ..ops.api import STREAM_CHURN
+from ..steps import plain_step
 
 # Steps with sigma above this are plain DDIM/ancestral steps (1 NFE) in the covariance-aware samplers: on
 # multimodal data a Gaussian (let alone diagonal) posterior at high noise puts samples between the modes, and
 # the evaluation (benchmarks/results/quality_*.md) shows the JVPs are better spent on more steps there.
 # In units of sigma for data in [-1, 1] (sigma_data ~ 0.5); float("inf") puts the covariance on every step.
 COV_SIGMA_MAX = 1.0
-
-
-def check_inputs(x, sigmas) -> torch.Tensor:
-    """Validate ``x`` and ``sigmas``; return ``sigmas`` as a 1-D tensor on ``x``'s device."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}"
-                        + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
-    if x.dim() < 2 or x.shape[0] < 1 or x.numel() == 0:
-        raise ValueError(f"x must have shape (B, ...) with B >= 1 and at least one element, got {tuple(x.shape)}")
-    if not isinstance(sigmas, torch.Tensor):
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
-    if sigmas.dim() != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D sequence of at least 2 values, got shape {tuple(sigmas.shape)}")
-    s = sigmas.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite (it contains NaN or Inf)")
-    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
-        raise ValueError(f"sigmas must be finite and non-negative, got {s.tolist()}")
-    if not bool((s[1:] < s[:-1]).all()):
-        raise ValueError(f"sigmas must be strictly decreasing (e.g. sigma_max ... sigma_min, 0), got {s.tolist()}")
-    return sigmas.to(x.device)
-
-
-def check_number(value, name: str, low: float = 0.0, high: float = math.inf, *, low_open: bool = False) -> float:
-    """A finite real in ``[low, high]`` (``(low, high]`` with ``low_open``), else ValueError naming it."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
-        and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        if high == math.inf:
-            rng = f"{'>' if low_open else '>='} {low:g}"
-        else:
-            rng = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
-    return float(value)
-
-
-def context(model, x, extra_args, generator, sample_offset, backend="auto", jvp="auto", check_finite=True,
-            guidance=None) -> StepContext:
-    return StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,
-                       jvp=jvp, check_finite=check_finite, guidance=guidance)
 
 
 def churn(ctx, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
@@ -108,7 +66,7 @@ def covariance_loop(ctx, x, sigmas, callback, disable, step_fn, eta=0.0, cov_sig
             x_next = denoised
         elif s[i] > cov_sigma_max:
             denoised = ctx.denoise(x, sigmas[i], i)
-            x_next = step_lib.plain_step(ctx, x, denoised, i, s[i], s[i + 1], eta)
+            x_next = plain_step(ctx, x, denoised, i, s[i], s[i + 1], eta)
         else:
             x_next, denoised = step_fn(ctx, x, i, s[i], s[i + 1])
         if callback is not None:

@@ -7,16 +7,13 @@ iterations). Each takes plain 1-NFE steps above ``cov_sigma_max`` (see :data:`CO
 from __future__ import annotations
 
 import torch
+
 from .. import compiled_steps
-from .. import steps as step_lib
-from .common import COV_SIGMA_MAX, check_inputs, context, covariance_loop
+from ..steps import StepContext, lanczos_step, structured_step
+from ..steps.validation import check_basis, check_bool, check_c_max, check_channel_average, check_count, \
+    check_cov_sigma_max, check_eta, check_inputs, check_stride_option
+from .common import COV_SIGMA_MAX, covariance_loop
 from .registry import register
-
-
-def _check_compile(compile) -> bool:
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be a bool, got {compile!r}")
-    return compile
 
 
 @register("cov_ddim", family="covariance", needs_jvp=True, stochastic=True, windowed=True,
@@ -36,22 +33,19 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
     ``compile=True``: every step one ``torch.compile`` graph, compiled once per shape
     (:mod:`covkernels.compiled_steps`)."""
     sigmas = check_inputs(x, sigmas)
-    eta = step_lib.check_eta(eta)
-    step_lib.check_basis(basis, block, x)
-    stride = step_lib.check_stride_option(stride, basis, block, x)
-    if not isinstance(channel_average, bool):
-        raise TypeError(f"channel_average must be a bool, got {channel_average!r}")
-    if channel_average and x.dim() != 4:
-        raise ValueError(f"channel_average=True needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}; "
-                         f"pass channel_average=False for other data")
-    c_max = step_lib.check_c_max(c_max, allow_none=True)
-    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
-    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
-    if _check_compile(compile):
+    eta = check_eta(eta)
+    check_basis(basis, block, x)
+    stride = check_stride_option(stride, basis, block, x)
+    check_channel_average(channel_average, x)
+    c_max = check_c_max(c_max, allow_none=True)
+    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,
+                      jvp=jvp, check_finite=check_finite, guidance=guidance)
+    if check_bool(compile, "compile"):
         return compiled_steps.structured_loop(ctx, x, sigmas, callback, disable, eta=eta, cov_sigma_max=cov_sigma_max,
                                               basis=basis, block=block, channel_average=channel_average,
                                               c_max=c_max, stride=stride)
-    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: structured_step(
         c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max,
         stride=stride), eta, cov_sigma_max)
 
@@ -67,16 +61,17 @@ def sample_diag_hutchinson(model, x, sigmas, extra_args=None, callback=None, dis
     channel averaging. ``1 + probes`` NFE per step with ``sigma <= cov_sigma_max``, 1 on the others.
     ``compile=True``: as for :func:`sample_cov_ddim`."""
     sigmas = check_inputs(x, sigmas)
-    eta = step_lib.check_eta(eta)
-    probes = step_lib.check_count(probes, "probes", 64)
-    c_max = step_lib.check_c_max(c_max, allow_none=True)
-    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
-    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
-    if _check_compile(compile):
+    eta = check_eta(eta)
+    probes = check_count(probes, "probes", 64)
+    c_max = check_c_max(c_max, allow_none=True)
+    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,
+                      jvp=jvp, check_finite=check_finite, guidance=guidance)
+    if check_bool(compile, "compile"):
         return compiled_steps.structured_loop(ctx, x, sigmas, callback, disable, eta=eta, cov_sigma_max=cov_sigma_max,
                                               basis="identity", block=1, channel_average=False, c_max=c_max,
                                               probes=probes)
-    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.structured_step(
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: structured_step(
         c, xx, i, st, ss, eta=eta, basis="identity", block=1, channel_average=False, c_max=c_max, probes=probes),
         eta, cov_sigma_max)
 
@@ -93,11 +88,12 @@ def sample_lanczos(model, x, sigmas, extra_args=None, callback=None, disable=Non
     JVPs started from the step noise. ``1 + lanczos_steps`` NFE per step with ``sigma <= cov_sigma_max``,
     1 on the others and on the last."""
     sigmas = check_inputs(x, sigmas)
-    eta = step_lib.check_eta(eta)
-    k = step_lib.check_count(lanczos_steps, "lanczos_steps", 64)
-    c_max = step_lib.check_c_max(c_max, allow_none=True)
-    cov_sigma_max = step_lib.check_cov_sigma_max(cov_sigma_max)
-    ctx = context(model, x, extra_args, generator, sample_offset, backend, jvp, check_finite, guidance)
-    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: step_lib.lanczos_step(
+    eta = check_eta(eta)
+    k = check_count(lanczos_steps, "lanczos_steps", 64)
+    c_max = check_c_max(c_max, allow_none=True)
+    cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,
+                      jvp=jvp, check_finite=check_finite, guidance=guidance)
+    return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: lanczos_step(
         c, xx, i, st, ss, eta=eta, lanczos_steps=k, reorthogonalize=bool(reorthogonalize), c_max=c_max),
         eta, cov_sigma_max)

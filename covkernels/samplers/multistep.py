@@ -7,18 +7,14 @@ import math
 import torch
 from tqdm.auto import trange
 
-from .common import check_inputs, context, float_sigmas, to_d
+from ..steps import StepContext
+from ..steps.validation import check_bool, check_count, check_inputs
+from .common import float_sigmas, to_d
 from .registry import register
 
 # Adams-Bashforth weights on (d_i, d_{i-1}, d_{i-2}, d_{i-3}) for equal steps, by order.
 _AB_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
                4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
-
-
-def _check_order(value, name: str, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
-        raise ValueError(f"{name} must be an int in [1, {upper}], got {value!r}")
-    return value
 
 
 @register("dpmpp_2m", family="ode_multistep", summary="DPM-Solver++(2M) (= sample_dpmpp_2m)")
@@ -27,7 +23,8 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
                     sample_offset=0, check_finite=True):
     """DPM-Solver++(2M) (k-diffusion ``sample_dpmpp_2m``), in ``t = -log sigma``. 1 NFE per step."""
     sigmas = check_inputs(x, sigmas)
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     old_denoised = None
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = ctx.denoise(x, sigmas[i], i)
@@ -69,8 +66,9 @@ def adams_bashforth_weights(times: list[float], t_next: float) -> list[float]:
 def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, variable, generator, sample_offset,
            check_finite):
     sigmas = check_inputs(x, sigmas)
-    max_order = _check_order(max_order, "max_order", 4)
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    max_order = check_count(max_order, "max_order", 4)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     s = float_sigmas(sigmas)
     history: list[torch.Tensor] = []  # d of the previous steps, newest last
     for i in trange(len(s) - 1, disable=disable):
@@ -185,13 +183,13 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
     corrected point), so there is no corrector after the last evaluation. The step to sigma = 0 returns the
     denoised. ``order`` 3 for unconditional sampling, 2 recommended with guidance. 1 NFE per step."""
     sigmas = check_inputs(x, sigmas)
-    order = _check_order(order, "order", 4)
+    order = check_count(order, "order", 4)
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    for name, value in (("corrector", corrector), ("lower_order_final", lower_order_final)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {value!r}")
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    check_bool(corrector, "corrector")
+    check_bool(lower_order_final, "lower_order_final")
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     s = float_sigmas(sigmas)
     n = len(s) - 1
     lams = [-math.log(v) if v > 0 else math.inf for v in s]

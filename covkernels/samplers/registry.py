@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from ..steps.validation import check_cov_sigma_max
+
 FAMILIES = ("ode_single", "ode_multistep", "ancestral", "covariance")
 
 # Options every sampler takes (k-diffusion's signature plus our randomness / checks); not "sampler options".
@@ -42,7 +44,10 @@ class SamplerSpec:
     ``needs_final_zero``: the sampler refuses a schedule that does not end in 0 (unset: the hybrids, i.e.
     those with an ``nfe_fn``, whose last step is a posterior draw to 0). ``schedule_defaults``: the
     sampler's recommended schedule parameters (``schedule``, ``sigma_min``, ...), used by ``sample`` where
-    the caller leaves them unset, over :data:`covkernels.samplers.api.SCHEDULE_DEFAULTS`.
+    the caller leaves them unset, over :data:`covkernels.samplers.api.SCHEDULE_DEFAULTS`. ``spellings``:
+    keyword options the sampler takes through ``**options`` besides its named parameters (``ode_cov``'s
+    flat spellings of its option objects: ``probes``, ``switch_sigma``, ...); they count as its options,
+    with default None (not given).
     """
 
     name: str
@@ -58,6 +63,7 @@ class SamplerSpec:
     nfe_fn: Callable | None = None
     needs_final_zero: bool | None = None
     schedule_defaults: dict = field(default_factory=dict)
+    spellings: tuple = ()
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -65,14 +71,20 @@ class SamplerSpec:
         if self.needs_final_zero is None:
             object.__setattr__(self, "needs_final_zero", self.nfe_fn is not None)
 
+    def _named(self) -> dict:
+        """The sampler's named parameters minus the shared k-diffusion ones (no ``*args`` / ``**options``)."""
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return {n: p for n, p in inspect.signature(self.fn).parameters.items()
+                if n not in COMMON_PARAMETERS and p.kind not in variadic}
+
     def options(self) -> tuple[str, ...]:
-        """The sampler's own keyword options (its signature minus the shared k-diffusion parameters)."""
-        params = inspect.signature(self.fn).parameters
-        return tuple(p for p in params if p not in COMMON_PARAMETERS)
+        """The sampler's own keyword options: its named parameters minus the shared k-diffusion ones, then
+        its ``spellings``."""
+        return tuple(self._named()) + tuple(self.spellings)
 
     def defaults(self) -> dict:
-        params = inspect.signature(self.fn).parameters
-        return {p: params[p].default for p in self.options()}
+        """Option -> default (None for a spelling: not given)."""
+        return {**{n: p.default for n, p in self._named().items()}, **dict.fromkeys(self.spellings)}
 
     # Capabilities: the one place the rest of the package asks what a sampler takes (never its signature).
     def takes(self, option: str) -> bool:
@@ -111,7 +123,8 @@ REGISTRY: dict[str, SamplerSpec] = {}
 def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict], int] = _one,
              needs_jvp: bool = False, stochastic: bool = False, windowed: bool = False, variants: dict | None = None,
              guided_defaults: dict | None = None, nfe_fn: Callable | None = None,
-             needs_final_zero: bool | None = None, schedule_defaults: dict | None = None):
+             needs_final_zero: bool | None = None, schedule_defaults: dict | None = None,
+             spellings: tuple = ()):
     """Decorator: register ``sample_<name>`` once, with its family and NFE formula."""
 
     def wrap(fn):
@@ -119,7 +132,7 @@ def register(name: str, *, family: str, summary: str, step_cost: Callable[[dict]
             raise ValueError(f"sampler {name!r} is registered twice")
         REGISTRY[name] = SamplerSpec(name, fn, family, summary, step_cost, needs_jvp, stochastic, windowed,
                                      dict(variants or {}), dict(guided_defaults or {}), nfe_fn, needs_final_zero,
-                                     dict(schedule_defaults or {}))
+                                     dict(schedule_defaults or {}), tuple(spellings))
         return fn
 
     return wrap
@@ -145,13 +158,12 @@ def nfe_per_sample(sampler: str, sigmas, *, guided: bool = False, **options) -> 
 
     ``sigmas``: the schedule (or an int number of steps of a schedule ending in 0; then every step but the
     last counts as a full step, also for the windowed covariance samplers). ``options``: the sampler's own
-    options that change the count (``lanczos_steps``, ``probes``, ``cov_sigma_max``, ...; defaults from its
-    signature); an option the sampler does not take raises TypeError. ``guided``: the count with classifier-free
-    guidance (JVP samplers: one unconditional forward more per step; others: every evaluation doubles). Lanczos is counted at its maximum (an early stop on an invariant
-    Krylov space saves JVPs).
+    options that change the count (``lanczos_steps``, ``probes``, ``cov_sigma_max``, ...; defaults from
+    :meth:`SamplerSpec.defaults`); an option the sampler does not take raises TypeError. ``guided``: the count
+    with classifier-free guidance (JVP samplers: one unconditional forward more per step; others: every
+    evaluation doubles). Lanczos is counted at its maximum (an early stop on an invariant Krylov space saves
+    JVPs).
     """
-    from .common import check_cov_sigma_max
-
     s_spec = spec(sampler)
     accepted = s_spec.options()
     unknown = sorted(set(options) - set(accepted))

@@ -6,7 +6,9 @@ import math
 import torch
 from tqdm.auto import trange
 
-from .common import check_inputs, check_number, churn, context, float_sigmas, to_d
+from ..steps import StepContext
+from ..steps.validation import check_bool, check_inputs, check_number
+from .common import churn, float_sigmas, to_d
 from .registry import register
 
 
@@ -16,7 +18,8 @@ def _karras_ode(model, x, sigmas, extra_args, callback, disable, second_order, s
     sigmas = check_inputs(x, sigmas)
     for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
         check_number(value, name)
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite)
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite)
     for i in trange(len(sigmas) - 1, disable=disable):
         x, sigma_hat = churn(ctx, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
         denoised = ctx.denoise(x, sigma_hat, i)
@@ -147,9 +150,9 @@ def sample_addim(model, x, sigmas, extra_args=None, callback=None, disable=None,
                              "with posterior_variance")
     sigma_data = check_number(0.5 if sigma_data is None else sigma_data, "sigma_data", 0.0, low_open=True)
     variance_scale = check_number(0.1 if variance_scale is None else variance_scale, "variance_scale", 0.0)
-    if not isinstance(inflate_last, bool):
-        raise TypeError(f"inflate_last must be a bool, got {inflate_last!r}")
-    ctx = context(model, x, extra_args, generator, sample_offset, check_finite=check_finite, guidance=guidance)
+    check_bool(inflate_last, "inflate_last")
+    ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset,
+                      check_finite=check_finite, guidance=guidance)
     s = float_sigmas(sigmas)
     d = x[0].numel()
     for i in trange(len(s) - 1, disable=disable):
