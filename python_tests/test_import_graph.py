@@ -126,20 +126,9 @@ REFERENCE_MODULE = re.compile(r"covkernels\.ops\.[^.]+\.reference$")
 # Edges that break the rules today, each with the change that removes it. The issue-25 merge empties this set
 # (covkernels/steps/ and the samplers reach the kernels' helpers through dispatch): an entry that no longer
 # occurs fails test_known_violations_are_still_real, so the set only shrinks.
-KNOWN_VIOLATIONS = {
-    # steps and samplers import reference helpers (stream ids, ddim_mean, work_dtype, basis checks,
-    # Hutchinson estimates) straight from the backend modules instead of through ops.dispatch
-    ("covkernels.steps", "covkernels.ops.dct.reference"),
-    ("covkernels.steps", "covkernels.ops.noise.reference"),
-    ("covkernels.steps", "covkernels.ops.rng.reference"),
-    ("covkernels.compiled_steps", "covkernels.ops.noise.reference"),
-    ("covkernels.compiled_steps", "covkernels.ops.rng.reference"),
-    ("covkernels.samplers.api", "covkernels.ops.rng.reference"),
-    ("covkernels.samplers.common", "covkernels.ops.rng.reference"),
-    ("covkernels.samplers.calibrated", "covkernels.ops.dct.reference"),
-    ("covkernels.samplers.calibrated", "covkernels.ops.noise.reference"),
-    ("covkernels.samplers.gaussianity", "covkernels.ops.noise.reference"),
-}
+# edges against the rules that are known and waiting for a fix (each one named and commented); empty since the
+# issue-25 merge: the sampler side reaches the ops through ops.dispatch / ops.api only
+KNOWN_VIOLATIONS: set = set()
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
