@@ -33,23 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a scrip
 import train_patches as base  # noqa: E402
 
 from covkernels.adapters.flow import FlowDenoiser  # noqa: E402
-from covkernels.models.patches import PatchUNet, to_unit_range  # noqa: E402
+from covkernels.models.patches import to_unit_range  # noqa: E402
+from covkernels.models.patches_flow import WEIGHT_FILE, PatchesFlowNet  # noqa: E402
 
 LOG = os.path.join(base.HERE, "results", "train_patches_flow.json")
-WEIGHT_FILE = "patches_flow_net.pt"
 P_MEAN, P_STD, T_EPS = -0.8, 0.8, 0.05  # JiT's logit-normal time (the defaults of --p-mean/--p-std), its clamp
-
-
-class PatchesFlowNet(torch.nn.Module):
-    """``net(z, t) -> x0`` for ``z = t x0 + (1 - t) eps`` (t = 0 is noise); ``t`` (B,) in [0, 1]."""
-
-    def __init__(self, width: int = 32):
-        super().__init__()
-        self.width = width
-        self.unet = PatchUNet(width, channels=3)
-
-    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(z, t.to(z.dtype))
 
 
 def flow_batch(x0: torch.Tensor, gen: torch.Generator, p_mean: float = P_MEAN, p_std: float = P_STD):

@@ -15,7 +15,7 @@ Built in: ``gmm`` and ``gaussian`` (the 3 x 16 x 16 analytic oracles: Frechet di
 distance to exact samples, the log-likelihood gap under the true density, and for the Gaussian the exact
 W2^2), ``digits`` (the trained UNet: Frechet / kernel distance and k-NN precision / recall in the shipped
 classifier's features against the 1797 real digits) and, where their model modules
-``covkernels.models.<name>`` are present, ``digits_ideal`` and ``patches`` (scorers in
+``covkernels.models.<name>`` are present, ``digits_ideal``, ``patches`` and ``patches_flow`` (scorers in
 :mod:`covkernels.eval.scorers`; models from ``covkernels.models.get_model(name)``).
 """
 from __future__ import annotations
@@ -145,6 +145,9 @@ PATCHES_METRICS = {
 OPTIONAL = {
     "digits_ideal": (DigitsIdealScorer, DIGITS_IDEAL_METRICS, "fd_features", "exact vs exact samples"),
     "patches": (PatchesScorer, PATCHES_METRICS, "fd_features", "held-out patches vs held-out patches"),
+    # the same data, reference and metrics as patches: a rectified-flow x-prediction network through the flow
+    # adapter, so the two testbeds' numbers compare directly
+    "patches_flow": (PatchesScorer, PATCHES_METRICS, "fd_features", "held-out patches vs held-out patches"),
 }
 
 register(Testbed("gmm", _oracle_loader("gmm"), OracleScorer, dict(_ORACLE_METRICS), "fd_pooled",

@@ -4,8 +4,10 @@
 colour fields, 3 x 32 x 32), ``gaussian`` (one stationary colour field) — both analytic, with
 ``sample(n, generator)`` for exact data samples — ``digits`` (the trained 1 x 16 x 16 UNet denoiser
 shipped with the package, see :mod:`covkernels.models.digits`), ``digits_ideal`` (the exact denoiser of the
-tau-smoothed 1797 digits, :mod:`covkernels.models.digits_ideal`) or ``patches`` (a trained 3 x 16 x 16 UNet
-of photo patches, :mod:`covkernels.models.patches`). Every model has ``event_shape``.
+tau-smoothed 1797 digits, :mod:`covkernels.models.digits_ideal`), ``patches`` (a trained 3 x 16 x 16 UNet
+of photo patches, :mod:`covkernels.models.patches`) or ``patches_flow`` (the same data and backbone trained
+as a rectified-flow x-prediction network, run through the flow adapter, :mod:`covkernels.models.patches_flow`).
+Every model has ``event_shape``.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import torch
 from .gaussian import DenseGaussian, SpectralGaussian, sigma_view, stationary_spectrum
 from .mixture import GaussianMixture, demo_mixture
 
-MODELS = ("gmm", "gaussian", "digits", "digits_ideal", "patches")
+MODELS = ("gmm", "gaussian", "digits", "digits_ideal", "patches", "patches_flow")
 
 
 def get_model(name: str, size: int | None = None) -> torch.nn.Module:
     """A named model: analytic ones of ``3 x size x size`` images (default 32; a multiple of 8 for convdct);
-    ``digits``, ``digits_ideal`` (1 channel) and ``patches`` (3) are always 16 x 16 (``size`` None or 16)."""
+    ``digits``, ``digits_ideal`` (1 channel), ``patches`` and ``patches_flow`` (3) are always 16 x 16 (``size``
+    None or 16)."""
     if name in ("gmm", "gaussian"):
         size = 32 if size is None else size
     if name == "gmm":
@@ -33,6 +36,12 @@ def get_model(name: str, size: int | None = None) -> torch.nn.Module:
         from .digits import digits_denoiser
 
         return digits_denoiser()
+    if name == "patches_flow":
+        if size not in (None, 16):
+            raise ValueError(f"the patches_flow model is 3 x 16 x 16, got size={size}")
+        from .patches_flow import patches_flow_denoiser
+
+        return patches_flow_denoiser()
     if name in ("digits_ideal", "patches"):
         if size not in (None, 16):
             raise ValueError(f"the {name} model is {'1' if name == 'digits_ideal' else '3'} x 16 x 16, got size={size}")
