@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler; its options below apply only where it takes them (others are refused)")
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
     s.add_argument("--out", default="grid.png", help="PNG file (.png) for the grid of the first --num samples")
-    s.add_argument("--num", type=int, default=64, help="samples shown in the grid (with --out-dir: samples written)")
+    # -n: under torchrun, whose own parser takes --num for an abbreviation of its --numa-binding
+    s.add_argument("-n", "--num", type=int, default=64,
+                   help="samples shown in the grid (with --out-dir: samples written; -n under torchrun)")
     s.add_argument("--num-eval", type=int, default=1024,
                    help="samples for the Frechet distance (most of the run time; 0 skips it; a warning below "
                         "256, where its small-sample bias dominates; not with --out-dir)")

@@ -111,6 +111,18 @@ SPACES = {s.name: s for s in (
 )}
 
 
+def register_space(space: FeatureSpace) -> FeatureSpace:
+    """Add (or replace) a feature space: any network ``build(channels)`` returns, e.g. your own encoder,
+    then a :class:`~covkernels.eval.reference_scorer.ReferenceMetric` on it
+    (:func:`~covkernels.eval.reference_scorer.register_metric`)."""
+    if not isinstance(space, FeatureSpace):
+        raise TypeError(f"space must be a FeatureSpace, got {type(space).__name__}")
+    if space.input not in ("uint8", "unit"):
+        raise ValueError(f"FeatureSpace.input must be 'uint8' or 'unit', got {space.input!r}")
+    SPACES[space.name] = space
+    return space
+
+
 def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> torch.Tensor:
     """Images in ``data_range`` -> uint8 [0, 255] (the PNG export's conversion)."""
     lo, hi = (float(v) for v in data_range)

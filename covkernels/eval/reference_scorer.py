@@ -124,6 +124,16 @@ METRICS = {
 }
 
 
+def register_metric(name: str, metric: ReferenceMetric) -> ReferenceMetric:
+    """Add (or replace) a metric ``name`` for ``--metrics`` (its feature space registered first)."""
+    if not isinstance(metric, ReferenceMetric):
+        raise TypeError(f"metric must be a ReferenceMetric, got {type(metric).__name__}")
+    if metric.space not in SPACES:
+        raise ValueError(f"metric {name!r}: no feature space {metric.space!r}; registered: {list(SPACES)}")
+    METRICS[name] = metric
+    return metric
+
+
 def check_metrics(names) -> tuple[str, ...]:
     """``names`` as a tuple of known metrics, their optional dependencies importable; ValueError naming
     ``--metrics`` for an unknown one, :class:`~covkernels.eval.features.MissingExtraError` for a missing extra."""
