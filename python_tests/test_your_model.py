@@ -2,7 +2,6 @@
 reference loader of ``--reference``, and ``covkernels eval`` on a factory model end to end (report naming the
 model and the reference, resume)."""
 import json
-import textwrap
 
 import numpy as np
 import pytest

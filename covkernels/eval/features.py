@@ -132,7 +132,10 @@ def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> torch.Tensor:
 def to_unit(x: torch.Tensor, data_range=(-1.0, 1.0)) -> torch.Tensor:
     """Images in ``data_range`` -> float32 in [-1, 1], clipped (what leaves the range is clipped when saved)."""
     lo, hi = (float(v) for v in data_range)
-    return ((x.detach().float() - lo) * (2.0 / (hi - lo)) - 1.0).clamp(-1, 1)
+    x = x.detach().float()
+    if (lo, hi) != (-1.0, 1.0):  # the identity map would still round: (x + 1) - 1 != x in float32
+        x = (x - lo) * (2.0 / (hi - lo)) - 1.0
+    return x.clamp(-1, 1)
 
 
 class Extractor:

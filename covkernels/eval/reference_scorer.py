@@ -22,6 +22,7 @@ set's statistics). The floor, where M >= 2N: N reference images drawn per seed a
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,7 +66,9 @@ def torchmetrics_fd(fake: torch.Tensor, real: torch.Tensor) -> float:
 def torchmetrics_kid(fake: torch.Tensor, real: torch.Tensor) -> float:
     """torchmetrics' KID (mean over :data:`KID_SUBSETS` subsets) between two feature sets, subsets seeded."""
     size = min(KID_SUBSET_SIZE, fake.shape[0], real.shape[0])
-    metric = _torchmetrics("kid")(feature=_Identity(fake.shape[1]), subsets=KID_SUBSETS, subset_size=size)
+    with warnings.catch_warnings():  # its note that KID keeps every feature in memory: these are in memory
+        warnings.simplefilter("ignore", UserWarning)
+        metric = _torchmetrics("kid")(feature=_Identity(fake.shape[1]), subsets=KID_SUBSETS, subset_size=size)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):

@@ -78,8 +78,9 @@ def reference_source(spec: str, user: UserModel, reference: str, metrics=None, *
     """A testbed of ``user`` scored against ``reference`` (a path) in ``metrics`` (None: the weight-free
     defaults); ``spec``: the ``--model`` value it came from."""
     from .reference import load_reference
-    from .reference_scorer import METRICS, ReferenceScorers
+    from .reference_scorer import METRICS, ReferenceScorers, check_metrics
 
+    metrics = check_metrics(metrics)  # a missing extra is found before the reference is read
     ref = load_reference(reference, user.event_shape, user.data_range, resize=resize, min_count=min_count)
     scorers = ReferenceScorers(ref, metrics, data_range=user.data_range, cache_dir=cache_dir,
                                device=torch.device(device) if torch.device(device).type == "cuda" else "cpu")
