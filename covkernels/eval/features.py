@@ -9,7 +9,7 @@ A :class:`FeatureSpace` turns images in the model's range into ``(N, F)`` featur
 
 Spaces: ``inception`` (Inception-v3 pool3, 2048-d, the network and weights of the field's FID as
 torchmetrics ships them through torch-fidelity: the TensorFlow FID network ported, images resized to
-299 x 299 inside it), ``dinov2`` (DINOv2 ViT-L/14 class token, 1024-d, from ``torch.hub``
+299 x 299 inside it with TensorFlow 1's bilinear resize), ``dinov2`` (DINOv2 ViT-L/14 class token, 1024-d, from ``torch.hub``
 ``facebookresearch/dinov2``; images resized to 224 x 224, bicubic, ImageNet-normalised, as in Stein et al.
 2023, "Exposing flaws of generative model evaluation metrics"), and the weight-free ``pooled`` (4 x 4
 average-pooled pixels), ``random`` (the fixed random filter bank of the patches testbed,
@@ -60,7 +60,9 @@ def _inception(channels: int):
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+        # antialias=False: torch-fidelity's resize that reproduces TensorFlow 1's bilinear resize, as the
+        # TensorFlow FID code resizes (torchmetrics' default antialiases, which moves FID on large images)
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], antialias=False)
     except ImportError as exc:  # torchmetrics, or its torch-fidelity (a ModuleNotFoundError inside)
         raise missing_extra("the Inception-v3 features (fid, kid, precision, recall)", exc) from exc
     return net
@@ -103,7 +105,7 @@ def _spectrum(channels: int):
 
 
 SPACES = {s.name: s for s in (
-    FeatureSpace("inception", "inception-v3-compat-pool3-uint8", _inception, "uint8", pretrained=True, batch_size=64),
+    FeatureSpace("inception", "inception-v3-compat-pool3-tf1resize-uint8", _inception, "uint8", pretrained=True, batch_size=64),
     FeatureSpace("dinov2", "dinov2-vitl14-cls-224-bicubic-uint8", _dinov2, "uint8", pretrained=True, batch_size=32),
     FeatureSpace("pooled", "pooled-4x4-unit", _pooled, "unit"),
     FeatureSpace("random", "random-filters-seed0-32-64-128-unit", _random, "unit"),
