@@ -223,3 +223,20 @@ def test_a_testbed_model_scored_against_a_reference(tmp_path, monkeypatch):
     assert list(state["config"]["metrics"]) == ["fd_pooled", "kid_pooled"] and state["floor"] == {}  # 40 < 48
     with pytest.raises(ValueError, match="--metrics"):
         evaluate("gmm", metrics=["fd_pooled"], samplers=["ddim"], nfes=[4], num_samples=8, progress=None)
+
+
+def test_the_committed_user_model_grid_loads_and_names_its_model():
+    """benchmarks/results/your_model: written through a factory and a reference folder; the report code
+    reads it back (its metrics and floor label from the file, not from a registered testbed)."""
+    from pathlib import Path
+
+    from covkernels.eval.report import main_metric, markdown, metrics_of
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/your_model/quality_patches_unet.json"
+    if not path.exists():
+        pytest.skip("the committed results live in the source tree, not in an installed package")
+    state = json.loads(path.read_text())
+    assert main_metric(state) == "fd_random" and list(metrics_of(state)) == list(state["config"]["metrics"])
+    text = markdown(state)
+    assert "`examples/my_model.py:patches`" in text and "M = 4096 images" in text
+    assert "| *N reference images vs the other M - N* |" in text
