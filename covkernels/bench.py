@@ -92,11 +92,16 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 def load_model(name: str, size: int | None = None) -> torch.nn.Module:
-    """A built-in model (:data:`BUILTIN_MODELS`) or ``package.module:factory`` / ``package.module.factory``
-    (a callable taking no arguments that returns a denoiser ``D(x, sigma, **extra)``). ``size``: the image
-    side of the analytic ``gmm`` / ``gaussian`` models (default 32)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"--model must be one of {BUILTIN_MODELS} or a dotted path to a factory, got {name!r}")
+    """A built-in model (:data:`BUILTIN_MODELS`) or your model as ``package.module:factory`` (or
+    ``path/to/file.py:factory``; the contract: :mod:`covkernels.eval.user_model`), as a denoiser with
+    ``event_shape`` (a factory's plain denoiser without one is returned as it is: then ``--shape`` says the
+    shape). ``size``: the image side of the analytic ``gmm`` / ``gaussian`` models (default 32)."""
+    from .eval.sources import SamplingModel
+    from .eval.user_model import as_user_model, factory_output, is_factory_path, is_model
+
+    if isinstance(name, str) and is_factory_path(name):
+        made = factory_output(name)
+        return SamplingModel(as_user_model(made, name)) if is_model(made) or not callable(made) else made
     if name in ("digits", "gmm", "gaussian"):
         from .models import get_model
 
@@ -105,17 +110,7 @@ def load_model(name: str, size: int | None = None) -> torch.nn.Module:
         from .models.unet import random_diffusers_unet
 
         return random_diffusers_unet(size=int(name[4:]), channels=(64, 128, 256), seed=0)
-    module, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
-    if not sep or not module or not attr:
-        raise ValueError(f"--model must be one of {BUILTIN_MODELS} or a dotted path to a factory "
-                         f"(package.module:factory), got {name!r}")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"--model {name!r}: cannot load the factory ({exc})") from exc
-    if not callable(factory):
-        raise ValueError(f"--model {name!r} is not callable")
-    return factory()
+    raise ValueError(f"--model must be one of {BUILTIN_MODELS} or package.module:factory, got {name!r}")
 
 
 def default_shape(model, batch: int = 4) -> tuple[int, ...] | None:

@@ -39,7 +39,8 @@ def eval_config(args, model: str):
         tune_sigma_mins=args.tune_sigma_mins, tune_metric=args.tune_metric, tune_num_samples=args.tune_num_samples,
         device=torch.device(args.device), out_dir=args.out, resume=not args.no_resume,
         options={} if args.cov_sigma_max is None else {"cov_sigma_max": args.cov_sigma_max},
-        command=args.command_line or "covkernels " + shlex.join(args.argv))
+        command=args.command_line or "covkernels " + shlex.join(args.argv), reference=args.reference,
+        reference_resize=args.reference_resize, metrics=args.metrics, feature_cache=args.feature_cache)
 
 
 def cmd_eval(args) -> int:
@@ -97,6 +98,26 @@ def _add_run_options(p: argparse.ArgumentParser, sigma_min: float | None, schedu
                    help="covariance samplers: plain DDIM steps above this sigma (sampler default if unset; inf: none)")
 
 
+def _add_reference_options(p: argparse.ArgumentParser) -> None:
+    """``--reference`` and its companions (``sample`` and ``eval``): your images, the metrics against them."""
+    from .eval.reference import RESIZE_MODES
+    from .eval.reference_scorer import DEFAULT_METRICS, METRICS
+
+    p.add_argument("--reference", default=None, metavar="PATH",
+                   help="real images the samples are compared with: a folder of PNG/JPEG, an .npy or an .npz "
+                        "(uint8 [0, 255] -> the model's range; needed with a factory --model)")
+    p.add_argument("--reference-resize", default=None, choices=RESIZE_MODES,
+                   help="resize reference images of another size to the model's (same aspect ratio; unset: a "
+                        "size mismatch is refused)")
+    p.add_argument("--metrics", nargs="+", default=None, choices=list(METRICS), metavar="METRIC",
+                   help=f"metrics against --reference, the first the headline (unset: {' '.join(DEFAULT_METRICS)}"
+                        f", weight-free; fid, kid, precision, recall, fd_dinov2, kid_dinov2 need "
+                        f"covkernels[metrics]); choices: {', '.join(METRICS)}")
+    p.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="folder of cached reference features (unset: $COVKERNELS_CACHE/features or "
+                        "~/.cache/covkernels/features)")
+
+
 def _switch_sigma(text: str):
     """``--switch-sigma``: 'end', 'auto' or a positive number."""
     if text in ("end", "auto"):
@@ -145,17 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = _DefaultsHelpFormatter
 
     s = sub.add_parser("sample", help=SUBCOMMANDS["sample"], formatter_class=fmt)
-    s.add_argument("--model", default="gmm", choices=testbed_names(),
-                   help="a testbed of the evaluation (covkernels.eval.testbeds): its model is sampled and --num-eval "
-                        "samples are scored with its metrics")
+    s.add_argument("--model", default="gmm", metavar="MODEL",
+                   help=f"a testbed ({', '.join(testbed_names())}: its model is sampled and --num-eval samples are "
+                        f"scored with its metrics) or your model as package.module:factory or "
+                        f"path/to/file.py:factory (scored against --reference where given)")
     s.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                    help="sampler; its options below apply only where it takes them (others are refused)")
     s.add_argument("--steps", type=int, default=8, help="sampler steps (NFE depends on the sampler)")
     s.add_argument("--out", default="grid.png", help="PNG file (.png) for the grid of the first --num samples")
-    s.add_argument("--num", type=int, default=64, help="samples shown in the grid")
+    # -n: under torchrun, whose own parser takes --num for an abbreviation of its --numa-binding
+    s.add_argument("-n", "--num", type=int, default=64,
+                   help="samples shown in the grid (with --out-dir: samples written; -n under torchrun)")
     s.add_argument("--num-eval", type=int, default=1024,
                    help="samples for the Frechet distance (most of the run time; 0 skips it; a warning below "
-                        "256, where its small-sample bias dominates)")
+                        "256, where its small-sample bias dominates; not with --out-dir)")
+    s.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="write --num samples to DIR as numbered PNGs (or --format npz) for external FID tools, "
+                        "resumably, the same bytes under torchrun; no grid, no figure")
+    s.add_argument("--format", default="png", choices=["png", "npz"],
+                   help="--out-dir files: 000000.png, ... or one samples.npz (arr_0, uint8 N x H x W x C)")
+    _add_reference_options(s)
     _add_run_options(s, sigma_min=None, schedule=None)
     s.add_argument("--eta", type=float, default=None,
                    help="ancestral noise level in [0, 1], for samplers with an eta option (sampler default if unset)")
@@ -185,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help=SUBCOMMANDS["eval"], formatter_class=fmt)
-    e.add_argument("--model", nargs="+", default=["gmm"], choices=list(testbed_names()), help="one table per model")
+    e.add_argument("--model", nargs="+", default=["gmm"], metavar="MODEL",
+                   help=f"one table per model: a testbed ({', '.join(testbed_names())}) or your model as "
+                        f"package.module:factory or path/to/file.py:factory (with --reference)")
+    _add_reference_options(e)
     e.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
                    help=f"grid rows: labels ({', '.join(VARIANTS)}) or sampler names meaning the sampler at its "
                         f"defaults (cov_ddim = cov_ddim/convdct, lanczos = lanczos/k3; default: every row)")

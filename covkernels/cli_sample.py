@@ -1,8 +1,11 @@
-"""``covkernels sample``: sample a testbed's model, write a PNG grid, print its quality figure.
+"""``covkernels sample``: sample a model, write a PNG grid and print its quality figure, or export samples.
 
-The models and their metrics are those of the evaluation (:mod:`covkernels.eval.testbeds`): ``--model`` takes
-any registered testbed and ``--num-eval`` samples are scored by that testbed's scorer (main metric, its
-floor, the other metrics).
+The models and their metrics are those of the evaluation: ``--model`` takes a registered testbed
+(:mod:`covkernels.eval.testbeds`), whose scorer scores ``--num-eval`` samples (main metric, its floor, the
+other metrics), or your model as ``package.module:factory`` (:mod:`covkernels.eval.user_model`), scored
+against ``--reference`` in ``--metrics`` where one is given (:mod:`covkernels.eval.sources`). With
+``--out-dir DIR`` the command writes ``--num`` samples as numbered PNGs or one npz instead, resumably and
+the same under ``torchrun`` (:mod:`covkernels.eval.export`).
 
 Which sampler options apply is read from the sampler registry (``spec(name).takes(option)``), so a sampler
 added to the registry is covered without edits here. Progress: one display over all batches and
@@ -68,10 +71,11 @@ def min_eval_samples(testbed) -> int:
     return 4 if "precision" in testbed.metrics else 2
 
 
-def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None) -> list[str]:
-    """Configurations known to give meaningless output or figures (the run goes on; these go to stderr)."""
+def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None, testbed=None) -> list[str]:
+    """Configurations known to give meaningless output or figures (the run goes on; these go to stderr).
+    ``testbed``: what scores the samples (unset: the testbed ``--model`` names, if it names one)."""
     from .samplers.registry import spec
-    from .eval.testbeds import get_testbed
+    from .eval.testbeds import get_testbed, testbed_names
 
     out = []
     steps = len(sigmas) - 1
@@ -85,7 +89,9 @@ def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None) -> list[s
         out.append(f"heun with {len(sigmas) - 1} steps takes its only Heun step from sigma_max={positive[0]:g} "
                    f"straight to sigma_min={positive[1]:g}, which gives saturated noise (README quality table: "
                    f"Frechet distance 4.1e3 on gmm at 2 steps, 4.7 at 4); use --steps 4 or more")
-    min_eval = min_eval_samples(get_testbed(args.model))
+    if testbed is None and args.model not in testbed_names():
+        return out  # nothing scores the samples: no --num-eval advice
+    min_eval = min_eval_samples(testbed or get_testbed(args.model))
     if 0 < args.num_eval < min_eval:
         out.append(f"--num-eval {args.num_eval}: no quality figure, it needs at least {min_eval} samples")
     elif min_eval <= args.num_eval < MIN_EVAL_SAMPLES:
@@ -122,6 +128,8 @@ def quality_line(testbed, scorer, samples: torch.Tensor, progress) -> str:
     floor = scorer.floor()
     progress.update()
     main = testbed.main_metric
+    if not floor:  # a reference of fewer than 2N images has no floor
+        floor = {name: float("nan") for name in scores}
 
     def hint(name):
         return _direction(scores[name], floor[name], testbed.metrics[name][1])
@@ -132,44 +140,103 @@ def quality_line(testbed, scorer, samples: torch.Tensor, progress) -> str:
             f"(floor, {testbed.floor_label}: {floor[main]:.4g}; {hint(main)}); {others}")
 
 
-def cmd_sample(args) -> int:
-    from .imageio import save_grid
+def sampling_source(args, device):
+    """``(model to sample, UserModel, scoring testbed or None)`` of ``--model`` / ``--reference`` /
+    ``--metrics``: a testbed's model and its scorer, or your model (``package.module:factory``) scored
+    against ``--reference`` where one is given (:mod:`covkernels.eval.sources`)."""
+    from .eval.sources import SamplingModel, reference_source
     from .eval.testbeds import get_testbed
+    from .eval.user_model import as_user_model, is_factory_path, load_factory
+
+    if args.metrics is not None and args.reference is None:
+        raise ValueError("--metrics applies to a --reference (a testbed scores with its own metrics)")
+    if not is_factory_path(args.model) and args.reference is None:
+        testbed = get_testbed(args.model)  # an unknown name: ValueError listing the testbeds
+        model = testbed.load()
+        return model, as_user_model(model, args.model), testbed
+    user = load_factory(args.model) if is_factory_path(args.model) else \
+        as_user_model(get_testbed(args.model).load(), args.model)
+    testbed = None
+    if args.reference is not None and args.out_dir is None:
+        testbed = reference_source(args.model, user, args.reference, args.metrics, resize=args.reference_resize,
+                                   cache_dir=args.feature_cache, device=device, min_count=args.num_eval).testbed
+    return SamplingModel(user), user, testbed
+
+
+def draw(model, args, opts: dict, device, start: int, stop: int) -> torch.Tensor:
+    """Samples ``start .. stop - 1`` of the run: the generator re-seeded and ``sample_offset=start``, so a
+    sample is the same whatever the batch it is drawn in (the documented sharding recipe)."""
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    extra = model.batch_args(start, stop) if hasattr(model, "batch_args") else None
+    return sample(model, (stop - start, *model.event_shape), args.sampler, steps=args.steps, sigma_min=args.sigma_min,
+                  sigma_max=args.sigma_max, schedule=args.schedule, generator=gen, device=device, disable=True,
+                  sample_offset=start, extra_args=extra, **opts)
+
+
+def export_run(args, model, user, opts: dict, device) -> int:
+    """``--out-dir``: write ``--num`` samples as files (:mod:`covkernels.eval.export`), sharded under torchrun."""
+    from .eval.distributed import finish_distributed, rank_and_world
+    from .eval.export import export_samples
+
+    config = {"model": args.model, "sampler": args.sampler, "options": opts, "steps": args.steps,
+              "schedule": args.schedule, "sigma_min": args.sigma_min, "sigma_max": args.sigma_max, "seed": args.seed}
+    try:
+        rank, world = rank_and_world(device)
+        with Progress(args.num, desc=f"exporting ({args.sampler})", disable=True if args.quiet or rank else None) as bar:
+            done = export_samples(lambda a, b: draw(model, args, opts, device, a, b), args.num, args.out_dir,
+                                  fmt=args.format, batch_size=args.batch_size, data_range=user.data_range,
+                                  config=config, device=device, progress=bar.update)
+    except BaseException:
+        finish_distributed(failed=True)
+        raise
+    finish_distributed()
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    print(f"{who}{args.sampler} on {user.name}: wrote {done['written']} samples, kept {done['skipped']} already "
+          f"there; {args.num} in {done['path']}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .eval.features import to_unit
+    from .imageio import save_grid
 
     opts = check_sample_args(args)
     fill_schedule(args)
     device = torch.device(args.device)
-    testbed = get_testbed(args.model)
-    model = testbed.load()
+    if args.out_dir is not None:
+        if args.reference is not None:
+            raise ValueError("--reference does not apply with --out-dir (score the written samples with "
+                             "`covkernels eval --reference` or your FID tool)")
+        model, user, _ = sampling_source(args, device)
+        return export_run(args, model.to(device), user, opts, device)
+    model, user, testbed = sampling_source(args, device)
     scorer = None
-    if args.num_eval >= min_eval_samples(testbed):  # scoring runs on the CPU, as in the evaluation
-        scorer = make_scorer(testbed, model if device.type == "cpu" else testbed.load(), args.num_eval, args.seed)
+    if testbed is not None and args.num_eval >= min_eval_samples(testbed):  # scoring runs on the CPU
+        score_net = model if device.type == "cpu" or not testbed.scores_model else testbed.load()
+        scorer = make_scorer(testbed, score_net, args.num_eval, args.seed)
     model = model.to(device)
     sigmas = get_sigmas(args.schedule, args.steps, args.sigma_min, args.sigma_max)
-    for message in warnings_for(args, sigmas, opts):
+    for message in warnings_for(args, sigmas, opts, testbed=testbed):
         print(f"covkernels: warning: {message}", file=sys.stderr, flush=True)
-    n_total = max(args.num, args.num_eval)
+    n_total = max(args.num, args.num_eval if scorer is not None else 0)
     chunks, start = [], time.perf_counter()
     with Progress(n_total, desc=f"sampling ({args.sampler})", disable=True if args.quiet else None) as progress:
         for offset in range(0, n_total, args.batch_size):
-            # Every chunk re-seeds the same generator and passes its sample_offset: the samples are those of
-            # one big batch, whatever --batch-size is (the documented sharding recipe).
-            gen = torch.Generator(device=device).manual_seed(args.seed)
             b = min(args.batch_size, n_total - offset)
-            chunks.append(sample(model, (b, *model.event_shape), args.sampler, steps=args.steps,
-                                 sigma_min=args.sigma_min, sigma_max=args.sigma_max, schedule=args.schedule,
-                                 generator=gen, device=device, disable=True, sample_offset=offset, **opts).cpu())
+            chunks.append(draw(model, args, opts, device, offset, offset + b).cpu())
             progress.update(b)
     samples = torch.cat(chunks)
     elapsed = time.perf_counter() - start
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_grid(samples[:args.num], args.out, scale=args.scale)
+    save_grid(to_unit(samples[:args.num], user.data_range), args.out, scale=args.scale)
     nfe = nfe_per_sample(args.sampler, sigmas, **opts)
-    line = (f"{args.sampler} on {args.model}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
+    line = (f"{args.sampler} on {user.name}: {args.steps} step{'s' if args.steps != 1 else ''}, {nfe} NFE/sample, "
             f"{elapsed:.2f} s")
     if scorer is not None:
         with Progress(2, desc="scoring", unit="stages", disable=True if args.quiet else None) as progress:
             line += quality_line(testbed, scorer, samples[:args.num_eval], progress)
+    elif testbed is None:
+        line += " | no quality figure: pass --reference PATH to score your model"
     print(line)
     print(f"wrote {args.out}")
     return 0

@@ -9,6 +9,9 @@
 - :mod:`.testbeds` and :mod:`.scorers`: the models and their metrics (:class:`Scorer` is the interface);
 - :mod:`.metrics` and :mod:`.intervals`: distances between sample sets, seed statistics;
 - :mod:`.report`: CSV, Markdown and PNG reports;
+- your model: :mod:`.user_model` (``--model package.module:factory``, :class:`UserModel`), :mod:`.reference`
+  (``--reference``), :mod:`.features` and :mod:`.reference_scorer` (metrics against it), :mod:`.sources`
+  (either as a testbed), :mod:`.export` (``covkernels sample --out-dir``);
 - :mod:`.api`: :func:`evaluate` / :func:`run_evaluation`, the composition of the above.
 
 The names below load on first use, so ``covkernels.eval.metrics`` alone does not import the sampler stack.
@@ -20,6 +23,7 @@ import importlib as _importlib
 _PUBLIC = {
     "evaluate": ".api", "run_evaluation": ".api", "EvalConfig": ".config", "Scorer": ".scorers",
     "Testbed": ".testbeds", "register": ".testbeds", "get_testbed": ".testbeds", "testbed_names": ".testbeds",
+    "UserModel": ".user_model", "load_factory": ".user_model", "load_reference": ".reference",
 }
 __all__ = list(_PUBLIC)
 

@@ -28,7 +28,6 @@ from .plan import TUNE_SIGMA_MINS, is_baseline, plan_grid
 from .report import MIN_SEEDS, few_seeds_note, write_reports
 from .runner import CellRunner, by_metric
 from .store import ResultStore
-from .testbeds import get_testbed
 from .tuning import chosen_plan, tune_cell
 
 
@@ -38,7 +37,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
              tune_sigma_mins=TUNE_SIGMA_MINS, tune_metric: str | None = None, tune_num_samples: int | None = None,
              jvp: str = "finite_difference", device="cpu",
              out_dir: str | None = None, resume: bool = True, options: dict | None = None, progress=print,
-             command: str | None = None) -> dict:
+             command: str | None = None, reference: str | None = None, reference_resize: str | None = None,
+             metrics=None, feature_cache: str | None = None) -> dict:
     """Run the grid; return ``{"config", "floor", "tuning", "cells"}`` (also written to ``out_dir`` on rank 0).
 
     The keywords are those of :class:`~covkernels.eval.config.EvalConfig` (which checks them) plus
@@ -49,7 +49,8 @@ def evaluate(model: str = "gmm", samplers=None, nfes=None, num_samples: int = 10
                         batch_size=batch_size, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                         tables=tables, tune_schedules=tune_schedules, tune_sigma_mins=tune_sigma_mins,
                         tune_metric=tune_metric, tune_num_samples=tune_num_samples, jvp=jvp, device=device,
-                        out_dir=out_dir, resume=resume, options=options, command=command)
+                        out_dir=out_dir, resume=resume, options=options, command=command, reference=reference,
+                        reference_resize=reference_resize, metrics=metrics, feature_cache=feature_cache)
     return run_evaluation(config, progress)
 
 
@@ -68,10 +69,10 @@ class _GridRun:
     """One evaluation in progress: the plan, the progress display, the results store and the cell runner."""
 
     def __init__(self, config: EvalConfig, progress):
-        self.config, self.testbed = config, get_testbed(config.model)
+        self.config, self.testbed = config, config.testbed
         self.rank, _ = rank_and_world(config.device)
         self.plan = plan_grid(config)
-        self.bar = Progress(self.plan.total_evaluations, desc=f"eval {config.model}", unit="evaluations",
+        self.bar = Progress(self.plan.total_evaluations, desc=f"eval {config.name}", unit="evaluations",
                             disable=progress is None or self.rank != 0)
         self.say = self.bar.write if progress is print else (progress or _silent)  # print: beside the bar
         self.store = ResultStore(config, self.say)

@@ -14,7 +14,7 @@ import torch
 
 from ..schedules import SCHEDULES
 from .plan import NFES, TUNE_SCHEDULES, TUNE_SIGMA_MINS, VARIANTS, canonical_label, variant_options
-from .testbeds import get_testbed
+from .sources import resolve_source
 
 TUNING_SEED_OFFSET = 1_000_000  # the held-out tuning seed is seed + this; reported seeds stay below it
 TABLES = ("default", "best")
@@ -46,7 +46,14 @@ class EvalConfig:
     ``options``: extra options for the covariance samplers (e.g. ``{"cov_sigma_max": inf}``), each passed
     to the selected rows that take it. ``out_dir``: where the results file and reports go (None: nowhere);
     ``resume``: reuse the finished cells of a results file of the same configuration; ``command``: the
-    command line quoted in the Markdown report."""
+    command line quoted in the Markdown report.
+
+    Your model: ``model`` may also be ``package.module:factory`` (:mod:`covkernels.eval.user_model`) with
+    ``reference``, a folder of images or an ``.npy`` / ``.npz`` (:mod:`covkernels.eval.reference`; a
+    different image size is refused unless ``reference_resize`` names a mode), scored in ``metrics``
+    (None: the weight-free ones of :mod:`covkernels.eval.reference_scorer`); a testbed's model with a
+    ``reference`` is scored against it the same way. ``feature_cache``: the folder of cached reference
+    features (None: :func:`covkernels.eval.features.default_cache_dir`); it changes no number."""
 
     model: str = "gmm"
     samplers: tuple | None = None
@@ -70,10 +77,20 @@ class EvalConfig:
     out_dir: str | None = None
     resume: bool = True
     command: str | None = None
+    reference: str | None = None
+    reference_resize: str | None = None
+    metrics: tuple | None = None
+    feature_cache: str | None = None
 
     def __post_init__(self):
-        testbed = get_testbed(self.model)  # an unknown model: ValueError naming the registered ones
-        self._check_tuning(testbed)
+        if self.metrics is not None:
+            self._set(metrics=_unique(self.metrics))
+        counts = [n for n in (self.num_samples, self.tune_num_samples) if isinstance(n, int)]
+        # an unknown model: ValueError naming the registered ones; a bad factory or reference: naming the option
+        source = resolve_source(self.model, self.reference, self.metrics, resize=self.reference_resize,
+                                cache_dir=self.feature_cache, device=self.device, min_count=max(counts, default=0))
+        self._set(_source=source)
+        self._check_tuning(source.testbed)
         self._set(samplers=_unique(VARIANTS if self.samplers is None else map(canonical_label, self.samplers)),
                   nfes=_unique(NFES if self.nfes is None else self.nfes), tables=_unique(self.tables),
                   tune_schedules=_unique([s for s in TUNE_SCHEDULES if s in SCHEDULES] if self.tune_schedules is None
@@ -153,7 +170,22 @@ class EvalConfig:
 
     @property
     def tuning_metric(self) -> str:
-        return get_testbed(self.model).main_metric if self.tune_metric is None else self.tune_metric
+        return self.testbed.main_metric if self.tune_metric is None else self.tune_metric
+
+    @property
+    def testbed(self):
+        """The :class:`~covkernels.eval.testbeds.Testbed` the grid runs: registered, or of a reference."""
+        return self._source.testbed
+
+    @property
+    def source_record(self) -> dict:
+        """What the results file records of the model and the reference (empty for a registered testbed)."""
+        return self._source.record
+
+    @property
+    def name(self) -> str:
+        """The model's name in reports and file names (a testbed's name, or the factory's)."""
+        return self._source.name
 
     @property
     def tuning_num_samples(self) -> int:

@@ -26,7 +26,10 @@ MIN_SEEDS = 5
 
 
 def metrics_of(state: dict) -> dict:
-    """``{metric: (title, lower_is_better)}`` of the state's testbed (every known metric if not registered)."""
+    """``{metric: (title, lower_is_better)}`` of the state: those it records (a model scored against a
+    reference), else its testbed's (every known metric if not registered)."""
+    if "metrics" in state["config"]:
+        return {m: tuple(spec) for m, spec in state["config"]["metrics"].items()}
     try:
         return get_testbed(state["config"]["model"]).metrics
     except ValueError:
@@ -38,6 +41,8 @@ def main_metric(state: dict) -> str:
     tuned = state.get("config", {}).get("tuning", {}).get("metric")
     if tuned:
         return tuned
+    if "metrics" in state["config"]:
+        return next(iter(state["config"]["metrics"]))
     try:
         return get_testbed(state["config"]["model"]).main_metric
     except ValueError:
@@ -92,9 +97,10 @@ def winners(state: dict, metric: str, which: str) -> list[str]:
 def markdown(state: dict, command: str | None = None) -> str:
     cfg = state["config"]
     seeds = cfg.get("seeds", [cfg.get("seed")])
-    lines = [f"# Sample quality on `{cfg['model']}`", ""]
+    lines = [f"# Sample quality on `{model_name(cfg)}`", ""]
     if command:
         lines += [f"Reproduce: `{command}`", ""]
+    lines += source_lines(cfg)
     tuning = cfg.get("tuning", {})
     lines += [f"N = {cfg['num_samples']} samples per cell and seed, S = {len(seeds)} seeds {seeds} shared by all "
               f"samplers; default schedule {cfg['schedule']} (sigma {cfg['sigma_max']} -> {cfg['sigma_min']}, "
@@ -112,11 +118,7 @@ def markdown(state: dict, command: str | None = None) -> str:
                   f"{tuning.get('seed')}" + (f" at N = {tuning['num_samples']}" if "num_samples" in tuning else "")
                   + "; cells read [steps; schedule sigma_min].", ""]
     metrics = metrics_of(state)
-    floor_label = "floor"
-    try:
-        floor_label = get_testbed(cfg["model"]).floor_label
-    except ValueError:
-        pass
+    floor_label = floor_label_of(cfg)
     main = main_metric(state)
     for which in cfg.get("tables", ["default"]):
         nfes = sorted({c["nfe_budget"] for c in state["cells"] if c.get("table", "default") == which})
@@ -139,6 +141,34 @@ def markdown(state: dict, command: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def floor_label_of(cfg: dict) -> str:
+    """What the floor row of a results file compares: recorded with a reference, else its testbed's label."""
+    if "reference" in cfg:
+        return cfg["reference"]["floor"]
+    try:
+        return get_testbed(cfg["model"]).floor_label
+    except ValueError:
+        return "floor"
+
+
+def model_name(cfg: dict) -> str:
+    """The model's name in a results file's ``config`` (a testbed's name; a factory's recorded name)."""
+    return cfg.get("model_name", cfg["model"])
+
+
+def source_lines(cfg: dict) -> list[str]:
+    """What the Markdown report says of a model scored against a reference: the model as given on the command
+    line, the reference (path, size, content hash, conversion) and the metrics. Nothing for a testbed."""
+    ref = cfg.get("reference")
+    if ref is None:
+        return []
+    rng = cfg.get("data_range", [-1.0, 1.0])
+    return [f"Model: `{cfg['model']}` (data range [{rng[0]:g}, {rng[1]:g}]). Reference: `{ref['path']}`, M = "
+            f"{ref['count']} images (sha256 {ref['sha256'][:16]}...; {ref['conversion']}). Metrics: "
+            + ", ".join(f"`{m}`" for m in cfg.get("metrics", {})) + f"; the samples are compared with all M images; "
+            f"the floor row (where M >= 2N): {ref['floor']}.", ""]
+
+
 def few_seeds_note(seeds: int) -> str:
     """Why a grid with fewer than :data:`MIN_SEEDS` seeds gives intervals too wide to decide much."""
     return (f"S = {seeds} seeds: the 95% intervals use Student's t with {seeds - 1} degree(s) of freedom (factor "
@@ -156,7 +186,9 @@ def _csv_row(cell: dict) -> dict:
 
 def write_reports(state: dict, out_dir: str, command: str | None = None) -> list[str]:
     """Write the CSV, Markdown and (with matplotlib; else no PNG) files; return their paths."""
-    base = os.path.join(out_dir, f"quality_{state['config']['model']}")
+    from .sources import file_stem
+
+    base = os.path.join(out_dir, f"quality_{file_stem(model_name(state['config']))}")
     rows = [_csv_row(c) for c in state["cells"]]
     keys: list = []
     for row in rows:
@@ -217,7 +249,7 @@ def plot(state: dict, path: str, return_figure: bool = False):
     axes[0][0].set_ylabel("\n".join(textwrap.wrap(metrics_of(state)[metric][0] + " (mean, 95% CI)", 42)))
     cfg = state["config"]
     seeds = len(cfg.get("seeds", [0]))
-    fig.suptitle(f"{cfg['model']}: N = {cfg['num_samples']} per seed, {seeds} seeds per point"
+    fig.suptitle(f"{model_name(cfg)}: N = {cfg['num_samples']} per seed, {seeds} seeds per point"
                  + (f" (fewer than {MIN_SEEDS}: wide intervals)" if seeds < MIN_SEEDS else ""))
     handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0, 6.5 * len(tables) / (6.5 * len(tables) + 2.5), 1))

@@ -80,12 +80,18 @@ def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int,
         gen = torch.Generator(device=device).manual_seed(seed)  # same run seed; sample_offset makes the draw
         b = min(batch_size, hi - offset)
         x = sample(counted, (b, *model.event_shape), sampler, sigmas=sigmas, generator=gen, device=device,
-                   disable=True, sample_offset=offset, **opts)
+                   disable=True, sample_offset=offset, extra_args=batch_args(model, offset, offset + b), **opts)
         chunks.append(x.cpu())
     stats = torch.tensor([counted.rows, hi - lo, time.perf_counter() - start], dtype=torch.float64)
     local = torch.cat(chunks) if chunks else torch.empty(0, *model.event_shape)
     samples, total = gather_on_rank0(local, stats, device)
     return samples, {"nfe_measured": float(total[0] / total[1]), "seconds_per_sample": float(total[2] / total[1])}
+
+
+def batch_args(model, start: int, stop: int) -> dict | None:
+    """The conditioning of samples ``start .. stop - 1`` of a model that has any (a user's model,
+    :class:`~covkernels.eval.sources.SamplingModel`); None otherwise."""
+    return model.batch_args(start, stop) if hasattr(model, "batch_args") else None
 
 
 def by_metric(per_seed: list[dict]) -> dict:
@@ -103,7 +109,8 @@ class CellRunner:
         self.rank, _ = rank_and_world(config.device)
         self.net = testbed.load().to(config.device)
         # scoring runs on the CPU: a second copy of the model where the network runs elsewhere
-        self.score_net = self.net if torch.device(config.device).type == "cpu" else testbed.load()
+        self.score_net = self.net if torch.device(config.device).type == "cpu" or not testbed.scores_model \
+            else testbed.load()
         self._scorers: dict = {}
 
     def scorer(self, seed: int, num: int | None = None):

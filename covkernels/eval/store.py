@@ -5,7 +5,9 @@ The on-disk format (the JSON contract the reports, ``benchmarks/quality_summary.
 under ``benchmarks/results`` rely on)::
 
     {"config": {model, num_samples, seeds, jvp, schedule, sigma_min, sigma_max, rho, tables,
-                tuning: {seed, schedules, sigma_mins, metric[, num_samples]}, options, device, covkernels, torch},
+                tuning: {seed, schedules, sigma_mins, metric[, num_samples]}, options, device, covkernels, torch
+                [, model_name, reference: {path, count, sha256, conversion, floor}, metrics: {metric: [title,
+                lower_is_better]}, data_range]},   (the bracketed keys: a model scored against --reference)
      "floor": {metric: mean, metric_ci95: [lo, hi], metric_per_seed: [...]} or null,
      "tuning": [{sampler, nfe_budget, schedule, sigma_min, steps, nfe, <tuning metric>}, ...],
      "cells": [{table, sampler, nfe_budget, schedule, sigma_min, steps, nfe, nfe_measured, seconds_per_sample,
@@ -36,7 +38,10 @@ def config_record(config) -> dict:
                          **({"num_samples": tune_num} if tune_num != config.num_samples else {})},
               # inf as a string: strict JSON has no Infinity
               "options": {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()},
-              "device": torch.device(config.device).type, "covkernels": __version__, "torch": torch.__version__}
+              "device": torch.device(config.device).type, "covkernels": __version__, "torch": torch.__version__,
+              # a model with a reference: its name, the reference and the metrics (absent for a testbed, so
+              # the committed testbed grids keep their format and resume)
+              **config.source_record}
     return json.loads(json.dumps(record))
 
 
@@ -49,7 +54,10 @@ def write_atomically(path: str, state: dict) -> None:
 
 
 def results_path(out_dir: str, model: str) -> str:
-    return os.path.join(out_dir, f"quality_{model}.json")
+    """``<out_dir>/quality_<model>.json`` (``model``: a testbed's or a factory's name, made file-safe)."""
+    from .sources import file_stem
+
+    return os.path.join(out_dir, f"quality_{file_stem(model)}.json")
 
 
 def load_matching(path: str, record: dict) -> dict:
@@ -72,7 +80,7 @@ class ResultStore:
     def __init__(self, config, say=None):
         record = config_record(config)
         self.out_dir = config.out_dir
-        self.path = None if config.out_dir is None else results_path(config.out_dir, config.model)
+        self.path = None if config.out_dir is None else results_path(config.out_dir, config.name)
         self.state = {"config": record, "floor": None, "tuning": [], "cells": []}
         if self.path and config.resume and os.path.exists(self.path):
             self.state = load_matching(self.path, record)

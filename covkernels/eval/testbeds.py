@@ -41,6 +41,7 @@ class Testbed:
     metrics: dict
     main_metric: str
     floor_label: str = "reference vs reference"
+    scores_model: bool = True  # the scorer reads the model (the evaluation keeps a CPU copy for it)
 
     def __post_init__(self):
         if self.main_metric not in self.metrics or self.metrics[self.main_metric][1] is None:
