@@ -60,8 +60,8 @@ if [ "$phase" = all ] || [ "$phase" = wheel ]; then
     { python3 -m venv --system-site-packages "$venv" \
       && "$venv/bin/pip" install -q --no-index --no-deps dist/covkernels-*abi3*.whl \
       && (cd /tmp && "$venv/bin/python" -m covkernels info) \
-      && (cd /tmp && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/python_tests/test_extension.py" \
-          "$OLDPWD/python_tests/test_registered_ops.py"); } > "$out/wheel.log" 2>&1
+      && (cd /tmp && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/python_tests/ops/test_extension.py" \
+          "$OLDPWD/python_tests/ops/test_registered_ops.py"); } > "$out/wheel.log" 2>&1
     status_wheel=$?
   fi
 fi

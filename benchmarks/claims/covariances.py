@@ -115,7 +115,7 @@ def sampler_covariance(name: str, big_s: torch.Tensor, j: torch.Tensor, s: float
 
 def sampler_names(d: int, with_k_equal_d: bool = False) -> list[str]:
     """The samplers of claim 6 on a d-dimensional testbed (Lanczos with k = 1, 3 and, optionally, d: k = d
-    reproduces ``full`` to rounding, checked in python_tests/test_claims.py, and costs the most to run)."""
+    reproduces ``full`` to rounding, checked in python_tests/eval/test_claims.py, and costs the most to run)."""
     return ["ddpm_iso", "iso_best", "hutch_pixel", "diag_pixel", "hutch_dct", "diag_dct", "lanczos_k1",
             "lanczos_k3", *([f"lanczos_k{d}"] if with_k_equal_d else []), "full"]
 

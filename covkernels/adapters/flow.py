@@ -12,7 +12,7 @@ The noise end ``s = 1`` is ``sigma = inf``. :class:`FlowDenoiser` evaluates it e
 in its exact closed form ``x_1 = D(k eps, s=1) + sigma_1 eps`` (the limit of the DDIM/Euler step as
 ``sigma_0 -> inf``; diffusers' ``FlowMatchEulerDiscreteScheduler`` takes the same step), then runs the chosen
 sampler from ``sigma_1`` on the rest of the grid, so a multistep solver restarts there. Against starting at
-``s = 1 - delta`` instead (python_tests/test_flow_adapter.py, mixture oracle, 6 steps): DDIM's run converges
+``s = 1 - delta`` instead (python_tests/adapters/test_flow_adapter.py, mixture oracle, 6 steps): DDIM's run converges
 like ``delta`` (0.45 delta RMS on the Gaussian oracle); DPM-Solver++(2M)'s like ``1 / log(1/delta)`` (its weight
 on the first point decays only logarithmically); iPNDM and UniPC keep the first point in their history and
 tend to a different sampler, ~0.05 RMS from the restart; Heun's correction has no limit at ``sigma = inf``.

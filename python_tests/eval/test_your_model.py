@@ -1,0 +1,243 @@
+"""Your model on the command line (issue 24): the factory contract of ``--model package.module:factory``, the
+reference loader of ``--reference``, and ``covkernels eval`` on a factory model end to end (report naming the
+model and the reference, resume)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import ROOT
+
+from covkernels.cli import main
+from covkernels.eval import evaluate
+from covkernels.eval.features import to_uint8
+from covkernels.eval.reference import load_reference
+from covkernels.eval.user_model import UserModel, load_factory
+from covkernels.imageio import write_png
+from covkernels.models import get_model
+
+MODULE = '''
+import torch
+from covkernels.eval.user_model import UserModel
+from covkernels.models import get_model
+
+def gmm():
+    return get_model("gmm", size=8)
+
+def full():
+    return UserModel(get_model("gmm", size=8), (3, 8, 8), name="mine")
+
+net = get_model("gmm", size=8)
+
+def boom():
+    raise RuntimeError("checkpoint missing")
+
+def number():
+    return 42
+
+def no_shape():
+    return lambda x, sigma: x
+
+not_callable = 3
+'''
+
+
+@pytest.fixture
+def module(tmp_path):
+    path = tmp_path / "user_models.py"
+    path.write_text(MODULE)
+    return str(path)
+
+
+def test_a_factory_path_gives_a_user_model(module, tmp_path, monkeypatch):
+    user = load_factory(f"{module}:gmm")
+    assert user.event_shape == (3, 8, 8) and user.data_range == (-1.0, 1.0) and user.name == "user_models.gmm"
+    assert load_factory(f"{module}:full").name == "mine"
+    assert load_factory(f"{module}:net").event_shape == (3, 8, 8)  # the attribute may be the model itself
+    monkeypatch.chdir(tmp_path)  # package.module:factory imports with the current directory on the path
+    (tmp_path / "my_model_for_test.py").write_text(MODULE)
+    assert load_factory("my_model_for_test:gmm").event_shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("attr,error,match", [
+    ("boom", ValueError, "the factory raised RuntimeError: checkpoint missing"),
+    ("number", TypeError, "returned a int; it must return a UserModel"),
+    ("no_shape", TypeError, "has no event_shape"),
+    ("missing", ValueError, "has no attribute 'missing'"),
+    ("not_callable", TypeError, "neither a factory nor"),
+])
+def test_factory_failures_name_model(module, attr, error, match):
+    with pytest.raises(error, match=match) as exc:
+        load_factory(f"{module}:{attr}")
+    assert "--model" in str(exc.value)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("no_such_module_for_covkernels:make", "importing 'no_such_module_for_covkernels' failed"),
+    ("missing_file.py:make", "no file"),
+    ("pkg:", "package.module:factory"),
+    (":make", "package.module:factory"),
+])
+def test_bad_paths_name_model(spec, match):
+    with pytest.raises(ValueError, match=match) as exc:
+        load_factory(spec)
+    assert "--model" in str(exc.value)
+
+
+def test_user_model_checks_its_fields():
+    model = get_model("gmm", size=8)
+    with pytest.raises(ValueError, match="event_shape"):
+        UserModel(model, (3, 0, 8))
+    with pytest.raises(ValueError, match="data_range"):
+        UserModel(model, (3, 8, 8), data_range=(1, -1))
+    with pytest.raises(TypeError, match="extra_args"):
+        UserModel(model, (3, 8, 8), extra_args=3)
+    labelled = UserModel(model, (3, 8, 8), extra_args=lambda idx: {"label": idx % 3})
+    assert labelled.batch_args(4, 7)["label"].tolist() == [1, 2, 0]  # sample i's label, whatever the batch
+
+
+def test_the_cli_names_model_for_a_bad_factory(module, tmp_path, capsys):
+    for argv in (["eval", "--model", f"{module}:boom", "--reference", str(tmp_path)],
+                 ["sample", "--model", f"{module}:number", "--out-dir", str(tmp_path / "s")],
+                 ["bench", "--model", f"{module}:boom"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--model" in err and "Traceback" not in err, argv
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", f"{module}:gmm"])
+    assert "--reference PATH is needed" in capsys.readouterr().err
+
+
+# ---- the reference loader ---------------------------------------------------------------------------------
+
+def pixels(n=6, c=3, h=8, w=8, seed=0):
+    return torch.randint(0, 256, (n, h, w, c), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def write_folder(path, images):
+    path.mkdir()
+    for i, image in enumerate(images):
+        write_png(str(path / f"{i:03d}.png"), image.expand(-1, -1, 3))
+    return str(path)
+
+
+def test_a_folder_of_pngs_is_read_and_mapped_to_the_model_range(tmp_path):
+    raw = pixels()
+    ref = load_reference(write_folder(tmp_path / "ref", raw), (3, 8, 8))
+    assert ref.count == 6 and ref.images.shape == (6, 3, 8, 8)
+    expected = raw.permute(0, 3, 1, 2).double() / 127.5 - 1  # [0, 255] -> [-1, 1]
+    assert torch.allclose(ref.images.double(), expected, rtol=0, atol=1e-6)  # one pixel level is 7.8e-3
+    assert torch.equal(to_uint8(ref.images), raw.permute(0, 3, 1, 2))  # and back, as the PNG export writes
+    assert "[0, 255] -> [-1, 1]" in ref.conversion
+    grey = load_reference(write_folder(tmp_path / "grey", raw[..., :1]), (1, 8, 8), data_range=(0, 1))
+    assert torch.allclose(grey.images.double(), raw[..., :1].permute(0, 3, 1, 2).double() / 255, rtol=0, atol=1e-6)
+
+
+def test_arrays_npz_and_npy_in_either_layout(tmp_path):
+    raw = pixels()
+    np.savez(tmp_path / "ref.npz", arr_0=raw.numpy())
+    np.save(tmp_path / "ref.npy", raw.permute(0, 3, 1, 2).numpy())  # channels first
+    a, b = load_reference(str(tmp_path / "ref.npz"), (3, 8, 8)), load_reference(str(tmp_path / "ref.npy"), (3, 8, 8))
+    assert torch.equal(a.images, b.images) and a.digest == b.digest
+    floats = raw.permute(0, 3, 1, 2).float() / 127.5 - 1
+    np.save(tmp_path / "float.npy", floats.numpy())
+    assert torch.equal(load_reference(str(tmp_path / "float.npy"), (3, 8, 8)).images, floats)
+
+
+@pytest.mark.parametrize("array,shape,match", [
+    (pixels().float().numpy() / 255.0 * 2 + 0.5, (3, 8, 8), r"must already be in the model's range \[-1, 1\]"),
+    (pixels().numpy().astype(np.int32) * 2, (3, 8, 8), r"integer pixels must lie in \[0, 255\]"),
+    (pixels(c=3).numpy(), (1, 8, 8), "not N images of 1 channel"),
+    (pixels().numpy(), (3, 16, 16), "--reference-resize"),
+    (pixels(h=8, w=16).numpy(), (3, 8, 8), "--reference-resize"),
+])
+def test_wrong_shapes_and_ranges_are_refused(tmp_path, array, shape, match):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(ValueError, match=match) as exc:
+        load_reference(str(tmp_path / "bad.npy"), shape)
+    assert "--reference" in str(exc.value)
+
+
+def test_resize_keeps_the_aspect_ratio_and_says_so(tmp_path):
+    np.save(tmp_path / "big.npy", pixels(h=16, w=16).numpy())
+    ref = load_reference(str(tmp_path / "big.npy"), (3, 8, 8), resize="area")
+    assert ref.images.shape == (6, 3, 8, 8) and "resized 16 x 16 -> 8 x 8 (area)" in ref.conversion
+    np.save(tmp_path / "wide.npy", pixels(h=16, w=32).numpy())
+    with pytest.raises(ValueError, match="another aspect ratio"):
+        load_reference(str(tmp_path / "wide.npy"), (3, 8, 8), resize="bicubic")
+
+
+def test_a_reference_smaller_than_n_is_refused_with_the_numbers(tmp_path):
+    np.save(tmp_path / "small.npy", pixels(n=5).numpy())
+    with pytest.raises(ValueError, match="holds 5 images, fewer than the 8 samples"):
+        load_reference(str(tmp_path / "small.npy"), (3, 8, 8), min_count=8)
+    np.save(tmp_path / "small16.npy", pixels(n=5, h=16, w=16).numpy())  # the gmm testbed: 3 x 16 x 16
+    with pytest.raises(ValueError, match="holds 5 images, fewer than the 8 samples"):
+        evaluate("gmm", reference=str(tmp_path / "small16.npy"), num_samples=8, samplers=["ddim"], nfes=[4],
+                 seeds=2, tables=["default"], progress=None)
+
+
+def test_unreadable_references_are_refused(tmp_path):
+    np.savez(tmp_path / "two.npz", a=pixels().numpy(), b=pixels().numpy())
+    with pytest.raises(ValueError, match="'arr_0' or as its only array"):
+        load_reference(str(tmp_path / "two.npz"), (3, 8, 8))
+    folder = write_folder(tmp_path / "mixed", pixels(n=2))
+    write_png(str(tmp_path / "mixed" / "zz.png"), pixels(n=1, h=4, w=4)[0])
+    with pytest.raises(ValueError, match="differ in size"):
+        load_reference(folder, (3, 8, 8))
+    with pytest.raises(ValueError, match="no such file or folder"):
+        load_reference(str(tmp_path / "nothing"), (3, 8, 8))
+
+
+# ---- eval on a factory model, end to end ------------------------------------------------------------------
+
+def test_eval_on_a_factory_model_names_the_model_and_the_reference(module, tmp_path, monkeypatch):
+    monkeypatch.setenv("COVKERNELS_CACHE", str(tmp_path / "cache"))
+    exact = get_model("gmm", size=8).sample(48, generator=torch.Generator().manual_seed(9))
+    reference = write_folder(tmp_path / "ref", to_uint8(exact).permute(0, 2, 3, 1))
+    argv = ["eval", "--model", f"{module}:gmm", "--reference", reference, "--samplers", "ddim", "dpmpp_2m",
+            "--nfe", "4", "--num-samples", "16", "--batch-size", "8", "--seeds", "2", "--tables", "default",
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 0
+    state = json.loads((tmp_path / "out" / "quality_user_models.gmm.json").read_text())
+    cfg = state["config"]
+    assert cfg["model"] == f"{module}:gmm" and cfg["model_name"] == "user_models.gmm"
+    assert cfg["reference"]["path"] == reference and cfg["reference"]["count"] == 48
+    assert list(cfg["metrics"]) == ["fd_random", "kid_random", "fd_pooled", "spectrum_error"]
+    assert len(state["cells"]) == 2 and all(c["fd_random"] > 0 for c in state["cells"])
+    assert len(state["floor"]["fd_random_per_seed"]) == 2  # 48 >= 2 x 16: a floor per seed
+    report = (tmp_path / "out" / "quality_user_models.gmm.md").read_text()
+    assert "# Sample quality on `user_models.gmm`" in report and f"Model: `{module}:gmm`" in report
+    assert f"Reference: `{reference}`, M = 48 images" in report and "[0, 255] -> [-1, 1]" in report
+    assert list((tmp_path / "cache").glob("features/*/*.pt"))  # the reference's features, cached on disk
+    assert main(argv) == 0  # resumes: the same finished cells, nothing sampled again
+    assert json.loads((tmp_path / "out" / "quality_user_models.gmm.json").read_text())["cells"] == state["cells"]
+
+
+def test_a_testbed_model_scored_against_a_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("COVKERNELS_CACHE", str(tmp_path / "cache"))
+    np.save(tmp_path / "ref.npy", to_uint8(get_model("gmm", size=16).sample(40)).numpy())
+    state = evaluate("gmm", reference=str(tmp_path / "ref.npy"), metrics=["fd_pooled", "kid_pooled"],
+                     samplers=["ddim"], nfes=[4], num_samples=24, seeds=2, tables=["default"], progress=None)
+    assert list(state["config"]["metrics"]) == ["fd_pooled", "kid_pooled"] and state["floor"] == {}  # 40 < 48
+    with pytest.raises(ValueError, match="--metrics"):
+        evaluate("gmm", metrics=["fd_pooled"], samplers=["ddim"], nfes=[4], num_samples=8, progress=None)
+
+
+def test_the_committed_user_model_grid_loads_and_names_its_model():
+    """benchmarks/results/your_model: written through a factory and a reference folder; the report code
+    reads it back (its metrics and floor label from the file, not from a registered testbed)."""
+
+    from covkernels.eval.report import main_metric, markdown, metrics_of
+
+    path = ROOT / "benchmarks/results/your_model/quality_patches_unet.json"
+    if not path.exists():
+        pytest.skip("the committed results live in the source tree, not in an installed package")
+    state = json.loads(path.read_text())
+    assert main_metric(state) == "fd_random" and list(metrics_of(state)) == list(state["config"]["metrics"])
+    text = markdown(state)
+    assert "`examples/my_model.py:patches`" in text and "M = 4096 images" in text
+    assert "| *N reference images vs the other M - N* |" in text
