@@ -1,4 +1,4 @@
-"""The README's quality tables from the committed grids, per testbed and NFE budget.
+"""The quality tables of docs/evaluation.md from the committed grids, per testbed and NFE budget.
 
 Default (full) mode: the main metric of every sampler as ``mean ± 95% half-width`` and its paired difference
 to the best mean-only baseline of that column (**bold** = win, ``(-)`` = loss where the paired interval

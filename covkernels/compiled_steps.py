@@ -29,7 +29,7 @@ from .ops import library
 from .ops.api import STREAM_NOISE, ddim_mean
 from .steps import ancestral_split
 
-# Strategies that trace into one graph (python_tests/samplers/test_compile.py measures each; README, torch.compile).
+# Strategies that trace into one graph (python_tests/samplers/test_compile.py measures each; docs/kernels.md, torch.compile).
 COMPILABLE_JVP = ("finite_difference", "central_difference")
 AUTO_UNDER_COMPILE = "finite_difference"
 

@@ -8,7 +8,7 @@ callback, disable, **options)`` and accept k-diffusion's ``Denoiser``/``VDenoise
 
 * a name covkernels implements (:data:`SAMPLERS`: every registry name, plus the aliases of the same
   method under the other tools' names, e.g. ``"euler"`` = ``ddim``, ``"uni_pc_bh2"`` = ``unipc``) gives the
-  covkernels function, bit-compatible where the README says so;
+  covkernels function, bit-compatible where docs/usage.md says so;
 * a name of :data:`FOREIGN` (k-diffusion / ComfyUI samplers with no covkernels implementation: ``dpm_2``,
   ``lms``, ``dpmpp_sde``, ...) gives that tool's own function when its package is importable
   (``k_diffusion.sampling``, then ComfyUI's ``comfy.k_diffusion.sampling``), and otherwise a ValueError
@@ -52,7 +52,7 @@ FOREIGN_MODULES = ("k_diffusion.sampling", "comfy.k_diffusion.sampling")
 
 INSTALL_HINT = ("k-diffusion imports torchvision, CLIP and clean-fid; install it beside covkernels without "
                 "replacing torch by pinning the torch you have: `pip freeze | grep -E '^torch==' > torch.txt && "
-                "pip install k-diffusion -c torch.txt` (README, 'Use with k-diffusion')")
+                "pip install k-diffusion -c torch.txt` (docs/usage.md, 'Use with k-diffusion')")
 
 
 def _foreign(name: str):

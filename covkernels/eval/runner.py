@@ -7,11 +7,12 @@ counts twice) and must equal the accounting of :func:`covkernels.eval.plan.sched
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 
 import torch
 
-from ..samplers import sample
+from ..samplers import StepSpacingWarning, sample
 from ..samplers.registry import spec
 from .distributed import gather_on_rank0, rank_and_world, shard
 from .plan import variant_options
@@ -76,12 +77,15 @@ def generate(model, label: str, sigmas, num: int, *, seed: int, batch_size: int,
     counted = CountingModel(model)
     lo, hi = shard(num, device)
     chunks, start = [], time.perf_counter()
-    for offset in range(lo, hi, batch_size):
-        gen = torch.Generator(device=device).manual_seed(seed)  # same run seed; sample_offset makes the draw
-        b = min(batch_size, hi - offset)
-        x = sample(counted, (b, *model.event_shape), sampler, sigmas=sigmas, generator=gen, device=device,
-                   disable=True, sample_offset=offset, extra_args=batch_args(model, offset, offset + b), **opts)
-        chunks.append(x.cpu())
+    with warnings.catch_warnings():
+        # the grid tries every schedule on purpose (tuning): advice about a schedule's spacing is noise here
+        warnings.simplefilter("ignore", StepSpacingWarning)
+        for offset in range(lo, hi, batch_size):
+            gen = torch.Generator(device=device).manual_seed(seed)  # same run seed; sample_offset: the draw
+            b = min(batch_size, hi - offset)
+            x = sample(counted, (b, *model.event_shape), sampler, sigmas=sigmas, generator=gen, device=device,
+                       disable=True, sample_offset=offset, extra_args=batch_args(model, offset, offset + b), **opts)
+            chunks.append(x.cpu())
     stats = torch.tensor([counted.rows, hi - lo, time.perf_counter() - start], dtype=torch.float64)
     local = torch.cat(chunks) if chunks else torch.empty(0, *model.event_shape)
     samples, total = gather_on_rank0(local, stats, device)

@@ -3,8 +3,13 @@
 A scorer is built per seed and sample count by its testbed (``make_scorer(model, num, seed)``, see
 :mod:`covkernels.eval.testbeds`) and follows :class:`Scorer`: ``scorer(x)`` scores samples ``x (num,
 *event_shape)``, ``scorer.floor()`` scores reference data the same way (the noise floor of a table). A
-scorer whose reference is sampled draws it from its own stream (``seed + REFERENCE_SEED_OFFSET``), so
-every seed gets an independent reference that never shares noise with the samples.
+scorer whose reference is sampled draws it from a generator seeded ``seed + REFERENCE_SEED_OFFSET``, so
+every seed gets its own reference. That offset was meant to give the reference a stream of its own; torch's
+CPU generator keeps only the low 32 bits of a seed, so it is in fact the stream of ``seed`` itself, the one
+the sampler draws its 63-bit Philox key from (on the CPU). So the key and the reference's first draws are
+functions of the same Mersenne Twister bits; the samples' noise itself comes from Philox under that key,
+another generator, so no noise value is reused. Every committed number was made this way, so the offset
+stays (a test pins which stream the reference comes from).
 
 Distances in a feature space (Frechet and kernel distance of features, :func:`feature_distances`) are the
 shared building block: pooled pixels (the oracles), the shipped digits classifier (digits, digits_ideal)
@@ -22,7 +27,7 @@ import torch
 from ..models.image_statistics import radial_power, spectrum_error
 from . import metrics
 
-REFERENCE_SEED_OFFSET = 1 << 32  # reference draws of seed s use generator seed s + this: never a sample seed
+REFERENCE_SEED_OFFSET = 1 << 32  # reference draws of seed s: generator seed s + this (= s for torch: see above)
 
 
 @runtime_checkable
@@ -149,7 +154,7 @@ class PatchesScorer:
       fixed, seeded random conv net (:class:`~covkernels.models.image_statistics.RandomFeatures`): the
       texture energy of random filters at 3 scales. No pretrained network ships with the package, and the
       random net is defensible because it ranks known-bad samples worse (blurred and noised held-out
-      patches; see the tests and the README numbers).
+      patches; see the tests and the numbers in docs/testbeds.md).
     - ``spectrum_error``: per-frequency power error (radially averaged DCT spectrum, log scale), the
       direct measure of what the covariance samplers claim to fix: missing fine detail (power too low at
       high frequency) or leftover noise (too high).

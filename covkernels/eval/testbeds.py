@@ -8,8 +8,8 @@ None)}`` (None: no direction, e.g. a signed gap whose ideal is 0; such metrics g
 verdict) and a ``main_metric`` (plots, schedule tuning, the headline tables).
 
 The evaluation builds one scorer per seed: ``seed`` is the seed of that cell's samples, and a scorer whose
-reference is sampled draws it from its own stream (``seed + REFERENCE_SEED_OFFSET``), so every seed gets an
-independent reference and the reference never shares noise with the samples.
+reference is sampled draws it from a generator seeded ``seed + REFERENCE_SEED_OFFSET`` (which torch reduces
+to ``seed``; the samples' noise is Philox under a key drawn from that stream: :mod:`covkernels.eval.scorers`).
 
 Built in: ``gmm`` and ``gaussian`` (the 3 x 16 x 16 analytic oracles: Frechet distance and unbiased kernel
 distance to exact samples, the log-likelihood gap under the true density, and for the Gaussian the exact

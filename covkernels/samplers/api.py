@@ -14,7 +14,7 @@ from .registry import get_sampler, spec
 
 
 # The sampler of ``sample`` and the CLI when none is named: iPNDM, on average within 1.1% of the best baseline
-# of each grid cell at 6-8 NFE and the best baseline in 7 of the 8 large-sample cells (README, Quality), where
+# of each grid cell at 6-8 NFE and the best baseline in 7 of the 8 large-sample cells (docs/evaluation.md, Quality), where
 # the covariance-aware configurations lose 11 of 12 cells on the real-image testbeds.
 DEFAULT_SAMPLER = "ipndm"
 # The sampler when none is named and the schedule is the caller's (``sigmas=``, a diffusers scheduler's
