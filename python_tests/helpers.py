@@ -106,3 +106,14 @@ def toy_grid_state():
                        "sigma_min": 0.1, "sigma_max": 80.0, "rho": 7.0, "jvp": "finite_difference", "options": {},
                        "tables": ["default"]},
             "floor": summarize_seeds({"fd": [0.1, 0.12, 0.11, 0.1, 0.09]}), "tuning": [], "cells": cells}
+
+
+def scheduler_loop(unet, sched, steps: int, noise: torch.Tensor, **step_kwargs) -> torch.Tensor:
+    """A diffusers scheduler's own sampling loop from ``noise`` (the reference the parity tests compare
+    our samplers with, on the same UNet, noise and timesteps); ``step_kwargs`` go to ``sched.step``."""
+    sched.set_timesteps(steps)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x, **step_kwargs).prev_sample
+    return x

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import covkernels as ck
-from helpers import gen, tiny_unet
+from helpers import gen, tiny_unet, scheduler_loop
 from covkernels.adapters import k_diffusion as kd
 
 diffusers = pytest.importorskip("diffusers")
@@ -28,11 +28,7 @@ def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, float64_schedule)
         sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
     n = 6
     noise = torch.randn(2, 3, 16, 16, generator=gen(0), dtype=torch.float64)
-    sched.set_timesteps(n)
-    x = noise.clone()
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    x = scheduler_loop(unet, sched, n, noise, eta=0.0)
     sigmas = scheduler_sigmas(sched, n, dtype=torch.float64)
     model = DiffusersDenoiser(unet, sched)
     ours = ck.sample_ddim(model, noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, disable=True)
@@ -107,11 +103,7 @@ def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(prediction_type, steps):
     unet = tiny_unet()
     sched = diffusers.DPMSolverMultistepScheduler(prediction_type=prediction_type)
     noise = torch.randn(2, 3, 16, 16, generator=gen(0), dtype=torch.float64)
-    sched.set_timesteps(steps)
-    x = noise.clone()
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.step(unet(x, t).sample, t, x).prev_sample
+    x = scheduler_loop(unet, sched, steps, noise)
     sigmas = scheduler_sigmas(sched, steps, dtype=torch.float64)
     ours = ck.sample_dpmpp_2m(DiffusersDenoiser(unet, sched), noise * (1 + sigmas[0] ** 2).sqrt(), sigmas,
                               disable=True)

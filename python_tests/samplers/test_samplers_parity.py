@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import covkernels as ck
-from helpers import gen, tiny_unet
+from helpers import gen, tiny_unet, scheduler_loop
 from covkernels.adapters.diffusers import DiffusersDenoiser, scheduler_sigmas
 from covkernels.models import get_model
 
@@ -99,11 +99,7 @@ def test_unipc_equals_diffusers_unipc_scheduler(order, steps, variant):
     unet = tiny_unet()
     sched = diffusers.UniPCMultistepScheduler(solver_order=order, solver_type=variant, final_sigmas_type="zero")
     noise = torch.randn(2, 3, 16, 16, generator=gen(0), dtype=torch.float64)
-    sched.set_timesteps(steps)
-    x = noise.clone()
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.step(unet(x, t).sample, t, x).prev_sample
+    x = scheduler_loop(unet, sched, steps, noise)
     sigmas = scheduler_sigmas(sched, steps, dtype=torch.float64)
     ours = ck.sample_unipc(DiffusersDenoiser(unet, sched), noise * (1 + sigmas[0] ** 2).sqrt(), sigmas,
                            disable=True, order=order, variant=variant)
