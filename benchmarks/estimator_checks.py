@@ -27,8 +27,8 @@ import torch
 
 from common import environment
 
-from covkernels.evaluation import evaluate
-from covkernels.intervals import mean_ci95, paired
+from covkernels.eval.api import evaluate
+from covkernels.eval.intervals import mean_ci95, paired
 from covkernels.models import get_model
 from covkernels.ops.dct.reference import analysis, dct2, idct2, overlap_analysis
 from covkernels.ops.rng.reference import STREAM_PROBE, philox_rademacher

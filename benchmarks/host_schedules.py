@@ -80,8 +80,8 @@ def run_cell(model, sampler, sigmas, num, seed, batch):
 
 
 def main() -> None:
-    from covkernels.intervals import paired, summarize_seeds
-    from covkernels.testbeds import get_testbed
+    from covkernels.eval.intervals import paired, summarize_seeds
+    from covkernels.eval.testbeds import get_testbed
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--light-steps", type=int, default=300)

@@ -70,6 +70,12 @@ def is_baseline(label: str) -> bool:
         raise ValueError(f"grid row {label!r} names no sampler of the registry") from exc
 
 
+# Run options every covariance sampler takes besides its own (not "sampler options" in the registry's sense):
+# the grid passes them to the covariance rows too (check_finite="mean_only": a sample whose JVP is not finite
+# takes the mean-only step instead of stopping the grid).
+SHARED_RUN_OPTIONS = ("check_finite",)
+
+
 def variant_options(label: str, options: dict | None) -> tuple[str, dict]:
     """``(sampler, options)`` of a grid label: each key of the shared ``options`` goes to the covariance
     samplers that take it, and is dropped for the others (the configuration refuses a key that no selected
@@ -78,7 +84,7 @@ def variant_options(label: str, options: dict | None) -> tuple[str, dict]:
     s = spec(sampler)
     if not s.uses_covariance or not options:
         return sampler, dict(opts)
-    return sampler, {**{k: v for k, v in options.items() if s.takes(k)}, **opts}
+    return sampler, {**{k: v for k, v in options.items() if s.takes(k) or k in SHARED_RUN_OPTIONS}, **opts}
 
 
 def schedule_for(label: str, nfe: int, schedule: dict, options: dict | None = None):

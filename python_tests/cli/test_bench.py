@@ -14,7 +14,7 @@ from covkernels.bench import load_model, parse_shape
 from covkernels.cli import main
 from covkernels.jvp import STRATEGIES
 from covkernels.ops import dispatch
-from covkernels.sampling import SAMPLERS
+from covkernels.samplers import SAMPLERS
 
 TINY_MODEL = textwrap.dedent("""
     import torch

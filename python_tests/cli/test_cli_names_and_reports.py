@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from covkernels.evaluation import evaluate
-from covkernels.grid import VARIANTS, canonical_label
+from covkernels.eval.api import evaluate
+from covkernels.eval.plan import VARIANTS, canonical_label
 from helpers import run_cli
 from helpers import grid_cell, toy_grid_state
 
@@ -61,7 +61,7 @@ def test_few_seeds_are_said_in_the_run_and_the_report(tmp_path):
 
 def test_plot_puts_cells_at_their_budget_and_the_legend_beside_the_panels(tmp_path):
     pytest.importorskip("matplotlib")
-    from covkernels.report import plot
+    from covkernels.eval.report import plot
 
     state = toy_grid_state()
     # lanczos/k1 (2 NFE a step) spends 5 of a 6 budget and 5 of a 5 budget: two points, not one

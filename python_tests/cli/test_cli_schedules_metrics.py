@@ -13,7 +13,7 @@ import torch
 import covkernels as ck
 from helpers import gen, spd_matrix
 from covkernels.cli import main
-from covkernels.metrics import frechet_distance
+from covkernels.eval.metrics import frechet_distance
 
 
 def read_png(path):

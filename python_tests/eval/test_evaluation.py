@@ -13,11 +13,14 @@ import torch
 
 import covkernels as ck
 from helpers import gen
-from covkernels import metrics
-from covkernels.evaluation import TUNING_SEED_OFFSET, VARIANTS, CountingModel, evaluate, schedule_for
-from covkernels.intervals import check_orderings
+from covkernels.eval import metrics
+from covkernels.eval.config import TUNING_SEED_OFFSET
+from covkernels.eval.plan import VARIANTS, schedule_for
+from covkernels.eval.runner import CountingModel
+from covkernels.eval.api import evaluate
+from covkernels.eval.intervals import check_orderings
 from covkernels.models import get_model
-from covkernels.testbeds import get_testbed
+from covkernels.eval.testbeds import get_testbed
 
 SMALL = dict(samplers=["ddim", "cov_ddim/dct", "lanczos/k1"], nfes=[4, 8], num_samples=32, batch_size=16, seeds=2,
              tune_schedules=["karras", "exponential"], tune_sigma_mins=[0.1, 0.02])
@@ -233,7 +236,7 @@ REDUCED_GRID = {"gmm": dict(samplers=["ddim", "dpmpp_2m", "cov_ddim/dct"], nfes=
                 "digits": dict(samplers=["ddim", "dpmpp_2m", "cov_ddim/dct"], nfes=[8], num_samples=128)}
 
 
-@pytest.mark.slow  # re-runs a reduced grid per model (~150 s and ~55 s on 2 cores): CI runs it, a quick loop skips it
+@pytest.mark.slow  # re-runs a reduced grid per model (37 s and 10 s on 2 loaded cores): CI runs it, a quick loop skips it
 @pytest.mark.parametrize("model", list(README_CLAIMS))
 def test_quality_ordering_claimed_in_the_readme(model):
     """The README's quality claims on a reduced grid (the full grids: benchmarks/results/quality_*.md), each

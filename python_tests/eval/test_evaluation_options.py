@@ -35,3 +35,14 @@ def test_evaluate_passes_an_option_to_the_rows_that_take_it_only():
     cov = cells["cov_ddim/dct"]
     sigmas = covkernels.get_sigmas("karras", cov["steps"], 0.1, 80.0)
     assert cov["nfe"] == nfe_per_sample("cov_ddim", sigmas, cov_sigma_max=math.inf) == 2 * cov["steps"] - 1
+
+
+def test_check_finite_reaches_the_covariance_rows_as_a_shared_run_option():
+    """check_finite is a run option of every sampler, not a registry option: the grid passes it to the
+    covariance rows (mean_only: a non-finite JVP takes the mean-only step) and keeps it from the baselines."""
+    from covkernels.eval import EvalConfig
+    from covkernels.eval.plan import variant_options
+
+    assert variant_options("cov_ddim/dct", {"check_finite": "mean_only"})[1]["check_finite"] == "mean_only"
+    assert "check_finite" not in variant_options("ddim", {"check_finite": "mean_only"})[1]
+    EvalConfig(model="gmm", samplers=["ddim", "cov_ddim/dct"], nfes=[6], options={"check_finite": "mean_only"})

@@ -8,10 +8,10 @@ import torch
 
 from helpers import toy_grid_state, gen
 from covkernels.eval import metrics  # the module itself: the test sets its block sizes
-from covkernels.intervals import (annotate_paired, check_orderings, mean_ci95, paired, summarize_seeds,
-                                  t_quantile)
+from covkernels.eval.intervals import (annotate_paired, check_orderings, mean_ci95, paired, summarize_seeds,
+                                       t_quantile)
 import covkernels.eval.testbeds as tb  # the module that holds the registry (monkeypatched below)
-from covkernels.testbeds import get_testbed, register
+from covkernels.eval.testbeds import get_testbed, register
 
 # Two-sided 95% Student-t critical values from published tables (df: value).
 T_TABLE = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045, 120: 1.980}
@@ -56,7 +56,7 @@ def test_paired_difference_resolves_what_independent_intervals_cannot():
 
 
 def test_annotate_paired_compares_with_the_best_baseline_of_the_column():
-    from covkernels.grid import is_baseline
+    from covkernels.eval.plan import is_baseline
 
     state = toy_grid_state()
     annotate_paired(state, {"fd": ("fd", True)}, is_baseline)
@@ -81,8 +81,8 @@ def test_ordering_checker_passes_true_claims_and_fails_flipped_or_unresolved_one
 
 
 def test_markdown_shows_intervals_and_marks_wins_losses_and_the_baseline():
-    from covkernels.grid import is_baseline
-    from covkernels.report import markdown
+    from covkernels.eval.plan import is_baseline
+    from covkernels.eval.report import markdown
 
     state = toy_grid_state()
     annotate_paired(state, {"fd_pooled": ("fd", True)}, is_baseline)
@@ -102,7 +102,7 @@ def test_markdown_shows_intervals_and_marks_wins_losses_and_the_baseline():
 
 def test_plot_draws_intervals_and_keeps_the_axis_label_inside_the_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from covkernels.report import plot
+    from covkernels.eval.report import plot
 
     state = toy_grid_state()
     for cell in state["cells"]:
@@ -179,7 +179,7 @@ def test_testbed_registry_interface_and_guarded_optional_testbeds(monkeypatch):
 
 
 def test_a_registered_testbed_runs_through_the_grid(monkeypatch):
-    from covkernels.evaluation import evaluate
+    from covkernels.eval.api import evaluate
     from covkernels.models import get_model
 
     class MeanScorer:  # distance of the sample mean to the true mean: deterministic per sample set

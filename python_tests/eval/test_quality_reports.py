@@ -15,9 +15,9 @@ import pytest
 
 from helpers import ROOT
 
-from covkernels.grid import is_baseline
-from covkernels.intervals import annotate_paired, summarize_seeds
-from covkernels.testbeds import get_testbed
+from covkernels.eval.plan import is_baseline
+from covkernels.eval.intervals import annotate_paired, summarize_seeds
+from covkernels.eval.testbeds import get_testbed
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 qvn = importlib.import_module("quality_vs_nfe")
@@ -259,7 +259,7 @@ def test_average_restricted_to_budgets(tmp_path):
 
 
 def test_half_widths_range_and_count_under_ten_percent(tmp_path, capsys):
-    from covkernels.intervals import half_width
+    from covkernels.eval.intervals import half_width
 
     wide = [0.5, 1.5, 0.7, 1.2, 1.0]  # half-width 0.48 of a mean 0.98; BASE: 9.1%, LOSS: 7.0%
     path = write(tmp_path, "g.json", grid({"ipndm": {6: wide, 8: BASE}, "ode_cov/dct": {6: LOSS}}))

@@ -228,7 +228,7 @@ def test_oracle_spectrum_error_sees_the_blur_the_pooled_fd_misses():
     within-mode texture a few-step ODE loses) is > 10x worse, while the pooled FD moves far less."""
     import torch.nn.functional as F
 
-    from covkernels.testbeds import get_testbed
+    from covkernels.eval.testbeds import get_testbed
 
     for name in ("gmm", "gaussian"):
         tb = get_testbed(name)

@@ -6,7 +6,7 @@ import torch
 import covkernels as ck
 from helpers import gen
 from covkernels import jvp as jvp_engine
-from covkernels.evaluation import Scorer
+from covkernels.eval.scorers import Scorer
 from covkernels.models import get_model
 from covkernels.models.digits import digits_classifier
 

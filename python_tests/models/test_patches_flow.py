@@ -66,13 +66,13 @@ def test_the_shipped_weights_are_the_logged_ones(model):
 
 
 def test_trained_about_as_well_as_the_edm_model_away_from_the_clean_end():
-    """Same data, backbone and step count: the flow model's held-out loss is within 15% of the EDM model's
-    at sigma >= 0.5 (x-prediction is known to be weaker near clean data: the ledger states the gap there)."""
+    """Same data, backbone and step count: the flow model's held-out loss is within 2% of the EDM model's at
+    sigma >= 0.5, as docs/testbeds.md says (x-prediction is weaker near clean data: the docs state that gap)."""
     flow, edm = _logged_loss(LOG, "flow_model"), _logged_loss(EDM_LOG, "denoiser")
     assert flow.keys() == edm.keys()
     for s in flow:
         if float(s) >= 0.5:
-            assert flow[s] <= 1.15 * edm[s], (s, flow[s], edm[s])
+            assert flow[s] <= 1.02 * edm[s], (s, flow[s], edm[s])
 
 
 def test_samples_score_near_the_edm_model(model):

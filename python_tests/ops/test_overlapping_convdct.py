@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import covkernels as ck
-from covkernels.grid import CountingModel
+from covkernels.eval.runner import CountingModel
 from covkernels.models import SpectralGaussian
 from covkernels.ops.dct.reference import block_dct2, frame_shifts, overlap_analysis, overlap_synthesis
 from covkernels.ops.dispatch import backend_status
-from covkernels.sampling import get_sampler, nfe_per_sample
+from covkernels.samplers import get_sampler, nfe_per_sample
 from covkernels.samplers.registry import REGISTRY
 
 

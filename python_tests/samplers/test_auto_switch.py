@@ -1,5 +1,5 @@
 """ode_cov's "end" and "auto" switches and the Gaussian-consistency diagnostic behind "auto"
-(covkernels/samplers/gaussianity.py), checked on the exact oracles."""
+(covkernels/steps/switch.py), checked on the exact oracles."""
 from __future__ import annotations
 
 import math
@@ -9,12 +9,12 @@ import torch
 
 import covkernels as ck
 from helpers import expected_cov_error, gen, whitened_errors
-from covkernels.grid import CountingModel
+from covkernels.eval.runner import CountingModel
 from covkernels.models import SpectralGaussian, stationary_spectrum
 from covkernels.ops.dct.reference import analysis, synthesis
 from covkernels.samplers.gaussianity import (coefficients_at, earliest_consistent, ode_gain, prediction_misses,
                                              spectrum)
-from covkernels.testbeds import get_testbed
+from covkernels.eval.testbeds import get_testbed
 
 
 def dct_gaussian(size: int = 8) -> SpectralGaussian:

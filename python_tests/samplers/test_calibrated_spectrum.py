@@ -8,7 +8,7 @@ import torch
 
 import covkernels as ck
 from helpers import expected_cov_error, gen, whitened_errors
-from covkernels.grid import CountingModel
+from covkernels.eval.runner import CountingModel
 from covkernels.models import SpectralGaussian, stationary_spectrum
 
 
@@ -84,8 +84,8 @@ def test_spectrum_checks_and_refusals():
 def test_grid_calibrates_once_per_model_with_its_own_seed():
     """The grid's spectrum="calibrate": one calibration per model object (seeded with CALIBRATION_SEED, not
     from the run's seeds), the same object for every cell; the end-cal row runs at 2M's NFE."""
-    from covkernels.grid import calibrated_spectrum, generate
-    from covkernels.testbeds import get_testbed
+    from covkernels.eval.runner import calibrated_spectrum, generate
+    from covkernels.eval.testbeds import get_testbed
 
     model = get_testbed("gaussian").load()
     first = calibrated_spectrum(model, "cpu")

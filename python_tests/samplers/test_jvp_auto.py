@@ -8,7 +8,7 @@ import torch
 import covkernels as ck
 from helpers import gen, tiny_unet
 from covkernels import jvp as jvp_engine
-from covkernels.grid import CountingModel
+from covkernels.eval.runner import CountingModel
 
 
 class Net(torch.nn.Module):

@@ -14,7 +14,7 @@ import covkernels as ck
 from helpers import gen
 from covkernels.ops import dispatch
 from covkernels.samplers import At, Auto, Calibrated, CovSteps, Diagonal, End, Lanczos, OdeCovOptions, spec
-from covkernels.testbeds import get_testbed
+from covkernels.eval.testbeds import get_testbed
 
 MODEL = get_testbed("gaussian").load()
 SIGMAS = ck.get_sigmas("exponential", 6, 0.1, 80.0)
