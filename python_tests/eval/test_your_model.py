@@ -149,6 +149,8 @@ def test_arrays_npz_and_npy_in_either_layout(tmp_path):
 
 @pytest.mark.parametrize("array,shape,match", [
     (pixels().float().numpy() / 255.0 * 2 + 0.5, (3, 8, 8), r"must already be in the model's range \[-1, 1\]"),
+    # [0, 1] floats for a [-1, 1] model: inside the range, but never in its lower quarter
+    (pixels().float().numpy() / 255.0, (3, 8, 8), r"never in the lower quarter .* -1 \+ 2 x"),
     (pixels().numpy().astype(np.int32) * 2, (3, 8, 8), r"integer pixels must lie in \[0, 255\]"),
     (pixels(c=3).numpy(), (1, 8, 8), "not N images of 1 channel"),
     (pixels().numpy(), (3, 16, 16), "--reference-resize"),
@@ -159,6 +161,28 @@ def test_wrong_shapes_and_ranges_are_refused(tmp_path, array, shape, match):
     with pytest.raises(ValueError, match=match) as exc:
         load_reference(str(tmp_path / "bad.npy"), shape)
     assert "--reference" in str(exc.value)
+
+
+def test_float_references_near_the_lower_quarter_are_taken(tmp_path):
+    floats = pixels().permute(0, 3, 1, 2).float() / 255.0 * 1.5 - 1.0  # [-1, 0.5]: dark pixels present
+    np.save(tmp_path / "ok.npy", floats.numpy())
+    assert torch.equal(load_reference(str(tmp_path / "ok.npy"), (3, 8, 8)).images, floats)
+    unit = pixels().permute(0, 3, 1, 2).float() / 255.0  # [0, 1] floats for a [0, 1] model: its own range
+    np.save(tmp_path / "unit.npy", unit.numpy())
+    assert torch.equal(load_reference(str(tmp_path / "unit.npy"), (3, 8, 8), data_range=(0, 1)).images, unit)
+
+
+def test_16_bit_pngs_are_refused_not_clipped(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "deep").mkdir()
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # up to 63000: Pillow's "L" would clip at 255
+    Image.fromarray(wide).save(tmp_path / "deep" / "000.png")
+    assert Image.open(tmp_path / "deep" / "000.png").mode.startswith("I")
+    for channels in (1, 3):
+        with pytest.raises(ValueError, match="not 8 bits per channel") as exc:
+            load_reference(str(tmp_path / "deep"), (channels, 8, 8))
+        assert "--reference" in str(exc.value) and "000.png" in str(exc.value)
 
 
 def test_resize_keeps_the_aspect_ratio_and_says_so(tmp_path):
