@@ -2,6 +2,7 @@
 reference loader of ``--reference``, and ``covkernels eval`` on a factory model end to end (report naming the
 model and the reference, resume)."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -55,9 +56,51 @@ def test_a_factory_path_gives_a_user_model(module, tmp_path, monkeypatch):
     assert user.event_shape == (3, 8, 8) and user.data_range == (-1.0, 1.0) and user.name == "user_models.gmm"
     assert load_factory(f"{module}:full").name == "mine"
     assert load_factory(f"{module}:net").event_shape == (3, 8, 8)  # the attribute may be the model itself
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the folder the import adds is dropped after the test
     monkeypatch.chdir(tmp_path)  # package.module:factory imports with the current directory on the path
     (tmp_path / "my_model_for_test.py").write_text(MODULE)
     assert load_factory("my_model_for_test:gmm").event_shape == (3, 8, 8)
+
+
+@pytest.fixture
+def local_modules(monkeypatch):
+    """The user's own modules of a test: the import path and these module names are restored afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names = ["covk_test_helper_net", "covk_test_lazy_helper", "covk_test_factory", "covk_test_sibling"]
+    yield
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_a_factory_and_its_denoiser_import_their_own_modules(tmp_path, monkeypatch, local_modules):
+    (tmp_path / "covk_test_helper_net.py").write_text(
+        "from covkernels.models import get_model\n\ndef make():\n    return get_model('gmm', size=8)\n")
+    (tmp_path / "covk_test_lazy_helper.py").write_text("SHIFT = 0.25\n")
+    (tmp_path / "covk_test_factory.py").write_text(
+        "def factory():\n"
+        "    import covk_test_helper_net  # a local import inside the factory\n"
+        "    net = covk_test_helper_net.make()\n\n"
+        "    def denoiser(x, sigma):\n"
+        "        import covk_test_lazy_helper  # lazily, at the first call (during sampling)\n"
+        "        return net(x, sigma) + covk_test_lazy_helper.SHIFT\n\n"
+        "    denoiser.event_shape = (3, 8, 8)\n"
+        "    return denoiser\n")
+    monkeypatch.chdir(tmp_path)
+    user = load_factory("covk_test_factory:factory")
+    monkeypatch.chdir(tmp_path.parent)  # the folder stays on the path, not the current directory's name
+    x, sigma = torch.zeros(2, 3, 8, 8), torch.ones(2)
+    assert torch.allclose(user.denoiser(x, sigma), get_model("gmm", size=8)(x, sigma) + 0.25)
+
+
+def test_a_factory_file_imports_its_siblings(tmp_path, monkeypatch, local_modules):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "covk_test_sibling.py").write_text("from covkernels.models import get_model\n")
+    (tmp_path / "models" / "filemod.py").write_text(
+        "import covk_test_sibling  # a sibling of this file, imported at module level\n\n"
+        "def factory():\n    return covk_test_sibling.get_model('gmm', size=8)\n")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    assert load_factory("../models/filemod.py:factory").event_shape == (3, 8, 8)
 
 
 @pytest.mark.parametrize("attr,error,match", [
