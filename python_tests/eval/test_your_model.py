@@ -10,6 +10,7 @@ import torch
 
 from helpers import ROOT
 
+from covkernels import Guidance
 from covkernels.cli import main
 from covkernels.eval import evaluate
 from covkernels.eval.features import to_uint8
@@ -138,6 +139,41 @@ def test_user_model_checks_its_fields():
         UserModel(model, (3, 8, 8), extra_args=3)
     labelled = UserModel(model, (3, 8, 8), extra_args=lambda idx: {"label": idx % 3})
     assert labelled.batch_args(4, 7)["label"].tolist() == [1, 2, 0]  # sample i's label, whatever the batch
+
+
+class Movable:
+    """A denoiser that is not an nn.Module but has ``.to`` (as some wrappers do); ``copy``: ``.to`` returns a
+    moved copy rather than moving in place."""
+
+    def __init__(self, weight, copy=False):
+        self.weight, self.copy = weight, copy
+
+    def __call__(self, x, sigma):
+        return x * self.weight
+
+    def to(self, *args, **kwargs):
+        if self.copy:
+            return Movable(self.weight.to(*args, **kwargs), copy=True)
+        self.weight = self.weight.to(*args, **kwargs)
+        return self
+
+
+def test_a_denoiser_with_its_own_to_moves_with_the_sampling_model():
+    from covkernels.eval.sources import SamplingModel
+
+    x = torch.ones(2, 3, 8, 8, dtype=torch.float64)
+    in_place = Movable(torch.tensor(0.5))
+    model = SamplingModel(UserModel(in_place, (3, 8, 8)))
+    assert model.to(torch.float64) is model and in_place.weight.dtype == torch.float64
+    assert model(x, torch.ones(2)).dtype == torch.float64
+    copied = Movable(torch.tensor(0.5), copy=True)
+    guidance = Guidance(2.0, uncond_model=lambda x, sigma: torch.zeros_like(x))
+    guided = SamplingModel(UserModel(copied, (3, 8, 8), guidance=guidance)).to(torch.float64)
+    assert copied.weight.dtype == torch.float32 and guided.user.denoiser.weight.dtype == torch.float64
+    out = guided(x, torch.ones(2))  # 0 + 2 (0.5 x - 0), through the moved copy
+    assert out.dtype == torch.float64 and torch.equal(out, x)
+    plain = SamplingModel(UserModel(lambda x, sigma: 0.5 * x, (3, 8, 8))).to(torch.float64)  # called as it is
+    assert torch.equal(plain(x, torch.ones(2)), 0.5 * x)
 
 
 def test_the_cli_names_model_for_a_bad_factory(module, tmp_path, capsys):
