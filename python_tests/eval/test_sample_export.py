@@ -48,7 +48,8 @@ def files(folder):
 
 
 @pytest.fixture
-def model(tmp_path):
+def model(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading it puts tmp_path on the import path: undone after
     (tmp_path / "user_model.py").write_text(MODULE)
     return "user_model.py:conditional"
 

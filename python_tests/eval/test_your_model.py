@@ -46,7 +46,8 @@ not_callable = 3
 
 
 @pytest.fixture
-def module(tmp_path):
+def module(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading it puts tmp_path on the import path: undone after
     path = tmp_path / "user_models.py"
     path.write_text(MODULE)
     return str(path)
@@ -188,6 +189,28 @@ def test_the_cli_names_model_for_a_bad_factory(module, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--model", f"{module}:gmm"])
     assert "--reference PATH is needed" in capsys.readouterr().err
+
+
+def test_a_metric_registered_by_the_factory_module_is_a_cli_choice(tmp_path, capsys, local_modules):
+    (tmp_path / "with_metric.py").write_text(
+        "from covkernels.eval.reference_scorer import METRICS, register_metric\n"
+        "from covkernels.models import get_model\n\n"
+        "register_metric('fd_pooled_mine', METRICS['fd_pooled'])  # at import, before --metrics is checked\n\n"
+        "def gmm():\n    return get_model('gmm', size=8)\n")
+    np.save(tmp_path / "ref.npy", pixels(n=16).numpy())
+    common = ["sample", "--model", f"{tmp_path / 'with_metric.py'}:gmm", "--reference", str(tmp_path / "ref.npy"),
+              "--num", "4", "--num-eval", "8", "--steps", "2", "--out", str(tmp_path / "grid.png"), "--quiet"]
+    from covkernels.eval.reference_scorer import METRICS
+
+    try:
+        assert main([*common, "--metrics", "fd_pooled_mine"]) == 0
+        assert "fd_pooled_mine" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exc:
+            main([*common, "--metrics", "fdd"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "--metrics: unknown ['fdd']" in err and "fd_pooled_mine" in err
+    finally:
+        METRICS.pop("fd_pooled_mine", None)
 
 
 # ---- the reference loader ---------------------------------------------------------------------------------
