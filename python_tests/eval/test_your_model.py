@@ -341,6 +341,11 @@ def test_eval_on_a_factory_model_names_the_model_and_the_reference(module, tmp_p
     assert list((tmp_path / "cache").glob("features/*/*.pt"))  # the reference's features, cached on disk
     assert main(argv) == 0  # resumes: the same finished cells, nothing sampled again
     assert json.loads((tmp_path / "out" / "quality_user_models.gmm.json").read_text())["cells"] == state["cells"]
+    monkeypatch.chdir(tmp_path)  # the same images through another path: resumed, compared by their content
+    assert argv[3:5] == ["--reference", reference] and main([*argv[:4], "ref", *argv[5:]]) == 0
+    again = json.loads((tmp_path / "out" / "quality_user_models.gmm.json").read_text())
+    assert again["cells"] == state["cells"] and again["config"]["reference"]["path"] == "ref"  # as given now
+    assert "Reference: `ref`" in (tmp_path / "out" / "quality_user_models.gmm.md").read_text()
 
 
 def test_a_testbed_model_scored_against_a_reference(tmp_path, monkeypatch):
