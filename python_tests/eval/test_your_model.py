@@ -130,6 +130,17 @@ def test_bad_paths_name_model(spec, match):
     assert "--model" in str(exc.value)
 
 
+@pytest.mark.parametrize("bad,match", [({"jvp": "forward"}, "jvp must be"), ({"nfes": [1]}, "nfes must be"),
+                                       ({"batch_size": 0}, "batch_size must be"),
+                                       ({"tune_num_samples": 8, "tables": ["default"]}, "best table only")])
+def test_cheap_arguments_are_checked_before_the_factory_runs(module, tmp_path, bad, match):
+    from covkernels.eval.config import EvalConfig
+
+    # the factory raises and the reference does not exist: neither is reached
+    with pytest.raises(ValueError, match=match):
+        EvalConfig(model=f"{module}:boom", reference=str(tmp_path / "no_reference"), **bad)
+
+
 def test_user_model_checks_its_fields():
     model = get_model("gmm", size=8)
     with pytest.raises(ValueError, match="event_shape"):
