@@ -109,10 +109,13 @@ def _add_reference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-resize", default=None, choices=RESIZE_MODES,
                    help="resize reference images of another size to the model's (same aspect ratio; unset: a "
                         "size mismatch is refused)")
-    p.add_argument("--metrics", nargs="+", default=None, choices=list(METRICS), metavar="METRIC",
+    # no argparse choices: a metric that the --model factory's module registers when it is imported counts
+    # too, so the names are checked after that import (an unknown one: an error listing the known ones)
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
                    help=f"metrics against --reference, the first the headline (unset: {' '.join(DEFAULT_METRICS)}"
                         f", weight-free; fid, kid, precision, recall, fd_dinov2, kid_dinov2 need "
-                        f"covkernels[metrics]); choices: {', '.join(METRICS)}")
+                        f"covkernels[metrics]); choices: {', '.join(METRICS)}, or one the --model factory's "
+                        f"module registers (register_metric)")
     p.add_argument("--feature-cache", default=None, metavar="DIR",
                    help="folder of cached reference features (unset: $COVKERNELS_CACHE/features or "
                         "~/.cache/covkernels/features)")

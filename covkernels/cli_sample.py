@@ -191,6 +191,10 @@ def export_run(args, model, user, opts: dict, device) -> int:
         raise
     finish_distributed()
     who = f"rank {rank}/{world}: " if world > 1 else ""
+    if done["count"] > args.num:  # an npz of an earlier, larger --num: rewriting it would lose samples
+        print(f"{who}{done['path']} already holds {done['count']} samples, at least --num {args.num}: nothing "
+              f"written, the file left as it is")
+        return 0
     print(f"{who}{args.sampler} on {user.name}: wrote {done['written']} samples, kept {done['skipped']} already "
           f"there; {args.num} in {done['path']}")
     return 0

@@ -97,6 +97,7 @@ class _GridRun:
                     self.best_cell(label, nfe, plans)
         self.bar.close()
         if self.rank == 0 and self.store.path:
+            self.store.save()  # a resume with nothing left to sample still records the reference's path as given now
             self.write_reports()
         return self.store.state
 

@@ -85,20 +85,23 @@ class EvalConfig:
     def __post_init__(self):
         if self.metrics is not None:
             self._set(metrics=_unique(self.metrics))
-        counts = [n for n in (self.num_samples, self.tune_num_samples) if isinstance(n, int)]
-        # an unknown model: ValueError naming the registered ones; a bad factory or reference: naming the option
-        source = resolve_source(self.model, self.reference, self.metrics, resize=self.reference_resize,
-                                cache_dir=self.feature_cache, device=self.device, min_count=max(counts, default=0))
-        self._set(_source=source)
-        self._check_tuning(source.testbed)
         self._set(samplers=_unique(VARIANTS if self.samplers is None else map(canonical_label, self.samplers)),
                   nfes=_unique(NFES if self.nfes is None else self.nfes), tables=_unique(self.tables),
                   tune_schedules=_unique([s for s in TUNE_SCHEDULES if s in SCHEDULES] if self.tune_schedules is None
                                          else self.tune_schedules),
                   tune_sigma_mins=_unique(self.tune_sigma_mins))
+        # the cheap checks first: a bad jvp, budget or batch size is refused before a factory is imported and
+        # a reference read and hashed (seconds to minutes)
         self._check_run()
+        self._check_tuning()
         self._check_schedules()
         self._check_options()
+        counts = [n for n in (self.num_samples, self.tune_num_samples) if isinstance(n, int)]
+        # an unknown model: ValueError naming the registered ones; a bad factory or reference: naming the option
+        source = resolve_source(self.model, self.reference, self.metrics, resize=self.reference_resize,
+                                cache_dir=self.feature_cache, device=self.device, min_count=max(counts, default=0))
+        self._set(_source=source)
+        self._check_tune_metric(source.testbed)
         if self.options is not None:
             self._set(options=dict(self.options))  # a copy: the caller's dict may change later
 
@@ -106,7 +109,7 @@ class EvalConfig:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
-    def _check_tuning(self, testbed) -> None:
+    def _check_tuning(self) -> None:
         best = "best" in self.tables
         if self.tune_metric is not None and not best:
             raise ValueError(f"tune_metric applies to the best table only (tables={list(self.tables)})")
@@ -114,6 +117,8 @@ class EvalConfig:
             if not best:
                 raise ValueError(f"tune_num_samples applies to the best table only (tables={list(self.tables)})")
             _int("tune_num_samples", self.tune_num_samples, 4)
+
+    def _check_tune_metric(self, testbed) -> None:
         metric = self.tuning_metric
         if metric not in testbed.metrics or testbed.metrics[metric][1] is None:
             raise ValueError(f"tune_metric must be a metric of {self.model!r} with a direction, one of "

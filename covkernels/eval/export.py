@@ -5,20 +5,23 @@
   evaluation suite; ``--reference`` reads it back). Pixels: ``round(255 (x - lo) / (hi - lo))`` of the
   model's ``data_range`` ([-1, 1] -> [0, 255]), clipped.
 - Deterministic: sample i is drawn from the counter-based noise at index i (``sample_offset``), in the
-  fixed batches ``[k B, (k + 1) B)`` of ``--batch-size`` B whatever the number of processes, so one process
-  and ``torchrun`` shards write the same bytes (the same batches run the same arithmetic; a different B
-  gives the same samples up to float rounding, so a resume must keep B).
+  fixed batches ``[k B, (k + 1) B)`` of ``--batch-size`` B whatever the number of processes and whatever N
+  (the last batch is drawn whole and cut at N), so one process and ``torchrun`` shards, and a run extended
+  to a larger N, write the same bytes (the same batches run the same arithmetic; a different B gives the
+  same samples up to float rounding, so a resume must keep B).
 - Resumable: a batch whose files all exist and are complete is skipped (PNGs are written to a temporary
   name and renamed, and a PNG without its end chunk counts as missing); for npz the finished batches are
   kept under ``DIR/parts/`` until ``samples.npz`` is assembled. ``DIR/samples.json`` records what was
-  sampled, and a resume with another model, sampler, schedule, seed, batch size or format is refused
-  (a larger ``--num`` extends the set).
+  sampled, and a resume with another model, sampler, schedule, seed, batch size or format is refused.
+  A larger ``--num`` extends the set (npz: the batches a finished ``samples.npz`` covers are taken from
+  it, the rest drawn); a smaller one writes nothing (a ``samples.npz`` of more samples is left as it is).
 - ``torchrun``: rank r takes batches r, r + W, ...; rank 0 assembles the npz after the others finish.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Callable
 
 import torch
@@ -108,7 +111,8 @@ def _write_part(path: str, images: torch.Tensor) -> None:
 
 
 def batches(num: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
-    """This rank's share of the fixed batches ``[k B, min(N, (k + 1) B))``: every ``world``-th from ``rank``."""
+    """This rank's share of the fixed batches ``[k B, min(N, (k + 1) B))``: every ``world``-th from ``rank``
+    (the samples each batch keeps; the last one is still drawn whole, see :func:`export_samples`)."""
     starts = range(rank * batch_size, num, world * batch_size)
     return [(s, min(num, s + batch_size)) for s in starts]
 
@@ -117,7 +121,10 @@ def export_samples(draw: Callable[[int, int], torch.Tensor], num: int, out_dir: 
                    batch_size: int = 256, data_range=(-1.0, 1.0), config: dict | None = None, device=None,
                    progress: Callable[[int], None] | None = None) -> dict:
     """Write samples ``0 .. num - 1`` to ``out_dir``; ``draw(start, stop)`` returns samples ``start .. stop -
-    1`` in the model's range. Returns ``{"written", "skipped", "path"}`` (this rank's counts)."""
+    1`` in the model's range, and is always called on a whole batch ``[k B, (k + 1) B)`` (the last one too,
+    its samples from ``num`` on dropped), so that sample i is the same bytes whatever ``num``. Returns
+    ``{"written", "skipped", "path", "count"}``: this rank's counts and the samples ``path`` holds (for an
+    npz left from a larger ``num``, more than ``num``: it is kept as it is)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     rank, world = rank_and_world(device)
@@ -128,27 +135,31 @@ def export_samples(draw: Callable[[int, int], torch.Tensor], num: int, out_dir: 
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         write_manifest(out_dir, config, num)
-    if fmt == "npz" and _npz_complete(npz, num):
-        return {"written": 0, "skipped": num, "path": npz}
+    held = npz_count(npz) if fmt == "npz" else 0  # rank 0 rewrites samples.npz only after the last barrier
+    if fmt == "npz" and held >= num:  # finished, or left from a larger --num: kept as it is
+        return {"written": 0, "skipped": num, "path": npz, "count": held}
     written = skipped = 0
     for start, stop in batches(num, batch_size, rank, world):
-        todo = _missing(out_dir, fmt, start, stop, num)
+        todo = _missing(out_dir, fmt, start, stop, num, held)
         if todo:
-            images = to_uint8(draw(start, stop).cpu(), data_range)
+            images = to_uint8(draw(start, start + batch_size).cpu(), data_range)[:stop - start]
             _store(out_dir, fmt, images, start, stop, num, todo)
         written, skipped = written + len(todo), skipped + (stop - start - len(todo))
         if progress:
             progress(stop - start)
     _barrier(world)
     if fmt == "npz" and rank == 0:
-        _assemble(out_dir, num, batch_size)
-    return {"written": written, "skipped": skipped, "path": npz if fmt == "npz" else out_dir}
+        _assemble(out_dir, num, batch_size, held)
+    return {"written": written, "skipped": skipped, "path": npz if fmt == "npz" else out_dir, "count": num}
 
 
-def _missing(out_dir: str, fmt: str, start: int, stop: int, num: int) -> list[int]:
+def _missing(out_dir: str, fmt: str, start: int, stop: int, num: int, held: int) -> list[int]:
+    """The samples of batch ``[start, stop)`` still to write (npz: none where the part is finished or the
+    ``held`` samples of an earlier samples.npz cover the batch)."""
     if fmt == "png":
         return [i for i in range(start, stop) if not png_complete(png_name(out_dir, i, num))]
-    return [] if _part_complete(_part_name(out_dir, start, stop), stop - start) else list(range(start, stop))
+    done = stop <= held or _part_complete(_part_name(out_dir, start, stop), stop - start)
+    return [] if done else list(range(start, stop))
 
 
 def _store(out_dir: str, fmt: str, images: torch.Tensor, start: int, stop: int, num: int, todo: list[int]) -> None:
@@ -159,28 +170,44 @@ def _store(out_dir: str, fmt: str, images: torch.Tensor, start: int, stop: int, 
         _write_png(png_name(out_dir, i, num), images[i - start])
 
 
-def _npz_complete(path: str, num: int) -> bool:
+def npz_count(path: str) -> int:
+    """The samples in ``path``'s ``arr_0`` (0 where there is no finished file), read from the array's header
+    rather than by loading the array (50,000 images are gigabytes)."""
+    import zipfile
+
     import numpy as np
 
+    headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     try:
-        with np.load(path) as data:
-            return data["arr_0"].shape[0] == num
-    except (OSError, KeyError, ValueError):
-        return False
+        with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version in headers:
+                return int(headers[version](f)[0][0])
+        with np.load(path) as data:  # another header version: read it the slow way
+            return int(data["arr_0"].shape[0])
+    except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile):
+        return 0
 
 
-def _assemble(out_dir: str, num: int, batch_size: int) -> None:
-    """``samples.npz`` from the finished parts (atomically), then the parts are removed."""
+def _assemble(out_dir: str, num: int, batch_size: int, held: int = 0) -> None:
+    """``samples.npz`` from the first batches of the earlier samples.npz (the ``held`` samples it had) and
+    the finished parts of the others (atomically); then the whole parts folder is removed, parts of an
+    earlier ``--num`` included."""
     import numpy as np
 
-    parts = [_part_name(out_dir, s, e) for s, e in batches(num, batch_size)]
-    arr = np.concatenate([np.load(p) for p in parts])
+    spans = batches(num, batch_size)
+    covered = max([stop for _, stop in spans if stop <= held], default=0)
+    pieces = []
+    if covered:
+        with np.load(os.path.join(out_dir, "samples.npz")) as data:
+            pieces.append(data["arr_0"][:covered])
+    pieces += [np.load(_part_name(out_dir, start, stop)) for start, stop in spans if stop > held]
     tmp = os.path.join(out_dir, "samples.tmp.npz")
-    np.savez(tmp, arr_0=arr)
+    np.savez(tmp, arr_0=np.concatenate(pieces))
     os.replace(tmp, os.path.join(out_dir, "samples.npz"))
-    for p in parts:
-        os.remove(p)
-    os.rmdir(os.path.dirname(parts[0]))
+    parts = os.path.join(out_dir, "parts")
+    if os.path.isdir(parts):
+        shutil.rmtree(parts)
 
 
 def _barrier(world: int) -> None:

@@ -68,6 +68,23 @@ def _inception(channels: int):
     return net
 
 
+class DinoV2Features(torch.nn.Module):
+    """uint8 RGB images -> DINOv2 class-token features: [0, 1], resized to 224 x 224 (bicubic, antialiased),
+    ImageNet-normalised, then ``net``. A module (the statistics are buffers), so that ``.to(device)`` moves
+    the network with them."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mean.dtype) / 255.0
+        x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False, antialias=True)
+        return self.net((x - self.mean) / self.std)
+
+
 def _dinov2(channels: int):
     try:
         model = torch.hub.load("facebookresearch/dinov2", "dinov2_vitl14")
@@ -75,16 +92,7 @@ def _dinov2(channels: int):
         raise RuntimeError(f"the DINOv2 features (fd_dinov2, kid_dinov2) load facebookresearch/dinov2 "
                            f"dinov2_vitl14 through torch.hub on first use, which failed: {type(exc).__name__}: "
                            f"{exc}") from exc
-    model.eval().requires_grad_(False)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-    def extract(x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0
-        x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False, antialias=True)
-        return model((x - mean.to(x.device)) / std.to(x.device))
-
-    return extract
+    return DinoV2Features(model).eval().requires_grad_(False)
 
 
 def _pooled(channels: int):

@@ -9,8 +9,11 @@ The conversion, stated once:
 
 - Range: integer pixels are [0, 255] and map linearly onto the model's ``data_range``: ``x = lo + (hi -
   lo) v / 255`` ([0, 255] -> [-1, 1] by default), the inverse of how samples become PNGs. Float arrays
-  must already be in the model's range (checked to 1e-3; anything else is refused, since a float array in
-  [0, 1] or [0, 255] for a [-1, 1] model would be scored wrongly without a word).
+  must already be in the model's range (checked to 1e-3) and reach into its lower quarter (their minimum
+  below ``lo + (hi - lo) / 4``): a float array in [0, 255] for a [-1, 1] model leaves the range, and one
+  in [0, 1] sits inside it but never below 0, so both are refused rather than scored wrongly without a
+  word. A float reference that is truly that bright is stored as uint8 (always accepted, unambiguous).
+  Image files must be 8-bit (16-bit PNGs are refused: Pillow's conversion to 8 bits clips them).
 - Shape: the channels must match. A different height and width is refused unless ``resize`` is given
   (``bilinear``, ``bicubic`` or ``area``): then the images are resized to the model's size, on the
   converted values, with antialiasing when shrinking; the aspect ratio must be the same (crop first:
@@ -29,6 +32,9 @@ import torch
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 RESIZE_MODES = ("bilinear", "bicubic", "area")
 RANGE_TOLERANCE = 1e-3
+# A float reference whose darkest value lies in the upper three quarters of the model's range is taken for data
+# stored in another range (typically [0, 1] for a [-1, 1] model): real image sets reach their dark end.
+LOWER_PART = 0.25
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ def _read_folder(path: str, channels: int) -> torch.Tensor:
     arrays, sizes = [], set()
     for name in names:
         with Image.open(os.path.join(path, name)) as img:
+            _check_8bit(img, path, name)
             a = np.asarray(img.convert("L" if channels == 1 else "RGB"))
         arrays.append(a.reshape(a.shape[0], a.shape[1], channels))
         sizes.add(a.shape[:2])
@@ -118,6 +125,17 @@ def _read_folder(path: str, channels: int) -> torch.Tensor:
             raise ValueError(f"--reference {path}: the images differ in size ({sorted(sizes)}; first at {name}); "
                              f"give images of one size")
     return torch.from_numpy(np.stack(arrays))
+
+
+def _check_8bit(img, path: str, name: str) -> None:
+    """Refuse an image of more than 8 bits per channel: Pillow's convert("L" / "RGB") clips 16-bit values to
+    255 instead of scaling them, which would corrupt the reference without a word."""
+    from PIL import ImageMode
+
+    if ImageMode.getmode(img.mode).typestr not in ("|u1", "|b1"):
+        raise ValueError(f"--reference {path}: {name} is a {img.mode!r} image, not 8 bits per channel (e.g. a "
+                         f"16-bit PNG); convert the images to 8-bit, or give an .npy / .npz of uint8 pixels or of "
+                         f"floats in the model's range")
 
 
 def _to_nchw(raw: torch.Tensor, event_shape: tuple, path: str) -> torch.Tensor:
@@ -147,6 +165,11 @@ def _to_range(pixels: torch.Tensor, data_range, path: str) -> tuple[torch.Tensor
     if low < lo - RANGE_TOLERANCE or high > hi + RANGE_TOLERANCE:
         raise ValueError(f"--reference {path}: float values must already be in the model's range [{lo:g}, {hi:g}], "
                          f"found [{low:.4g}, {high:.4g}] (store uint8 [0, 255] pixels to have them converted)")
+    if low >= lo + LOWER_PART * (hi - lo):
+        raise ValueError(f"--reference {path}: float values lie in [{low:.4g}, {high:.4g}], never in the lower quarter "
+                         f"of the model's range [{lo:g}, {hi:g}]: they look stored in another range (e.g. [0, 1]). "
+                         f"Convert them to the model's range (from x in [0, 1]: {lo:g} + {hi - lo:g} x), or store "
+                         f"uint8 pixels round(255 v) of v in [0, 1], which are converted")
     return values.clamp(lo, hi), f"float, already in [{lo:g}, {hi:g}]"
 
 

@@ -10,7 +10,7 @@ their format).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,7 +22,12 @@ class SamplingModel(torch.nn.Module):
     """A :class:`UserModel` as the evaluation samples it: ``event_shape``, guidance applied, ``.to(device)``
     moving the network, and ``batch_args(start, stop)`` for the conditioning of samples ``start .. stop - 1``
     (the samplers pass it as ``extra_args``; a call without any, as ``covkernels bench`` makes, conditions
-    row i as sample i)."""
+    row i as sample i).
+
+    ``.to(...)`` moves an ``nn.Module`` denoiser (a registered submodule) and any other denoiser that has a
+    ``.to`` method (called with the same arguments; what it returns is used from then on). A denoiser
+    without one, e.g. a plain function closing over a network, is called as it is: build its network on
+    the ``--device`` you pass (it cannot be told apart from one that already is, so it is not refused)."""
 
     def __init__(self, user: UserModel):
         super().__init__()
@@ -30,6 +35,16 @@ class SamplingModel(torch.nn.Module):
         if isinstance(user.denoiser, torch.nn.Module):
             self.net = user.denoiser  # registered: .to(device) moves it
         self._call = user.sampling_model()
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)
+        denoiser = self.user.denoiser
+        if not isinstance(denoiser, torch.nn.Module) and callable(getattr(denoiser, "to", None)):
+            moved = denoiser.to(*args, **kwargs)
+            if moved is not None and moved is not denoiser:  # a .to that returns a copy, as tensors' does
+                self.user = replace(self.user, denoiser=moved)
+                self._call = self.user.sampling_model()
+        return self
 
     def forward(self, x, sigma, **extra):
         if not extra and self.user.extra_args is not None:

@@ -61,16 +61,26 @@ def results_path(out_dir: str, model: str) -> str:
 
 
 def load_matching(path: str, record: dict) -> dict:
-    """The state in ``path``; raises ValueError naming the differing keys where its configuration is not
-    ``record``."""
+    """The state in ``path``, its configuration ``record`` (a reference's path as given this time); raises
+    ValueError naming the differing keys where its configuration is not ``record``."""
     with open(path) as f:
         old = json.load(f)
-    if old.get("config") != record:
-        keys = sorted(k for k in set(record) | set(old.get("config", {}))
-                      if record.get(k) != old.get("config", {}).get(k))
+    mine, theirs = comparable(record), comparable(old.get("config", {}))
+    if theirs != mine:
+        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise ValueError(f"out_dir: {path} holds results of another configuration (differs in {keys}); "
                          f"choose another output directory or start over with resume=False (--no-resume)")
-    return old
+    return {**old, "config": record}
+
+
+def comparable(config: dict) -> dict:
+    """``config`` as a resume compares it: a reference by what it holds (count, sha256 of the converted
+    images, conversion), not by the path it was given as, so the same images through another relative
+    path, or after a move, resume."""
+    reference = config.get("reference")
+    if not isinstance(reference, dict):
+        return config
+    return {**config, "reference": {k: v for k, v in reference.items() if k != "path"}}
 
 
 class ResultStore:

@@ -5,7 +5,10 @@ The contract. ``--model`` names either a built-in (a testbed of :mod:`covkernels
 also has its random UNets) or a factory:
 
 - ``package.module:factory`` (``package.module.factory`` also works), imported with the current directory
-  on the import path, as ``python -m`` would; or ``path/to/file.py:factory``, a file loaded as a module.
+  on the import path, as ``python -m`` would; or ``path/to/file.py:factory``, a file loaded as a module with
+  its folder on the import path, as ``python path/to/file.py`` would. The folder stays there for the rest
+  of the process (see :func:`import_path`: a factory or denoiser that imports its own modules later still
+  finds them).
 - ``factory`` is called with no arguments and returns one of
   - a :class:`UserModel` (the full form: denoiser, sample shape, conditioning, guidance, data range);
   - a denoiser with an ``event_shape`` attribute (the sample shape without the batch, e.g. ``(3, 64, 64)``),
@@ -123,24 +126,28 @@ def _import(where: str, spec: str):
         if where.endswith(".py"):
             if not os.path.isfile(where):
                 raise ValueError(f"--model {spec!r}: no file {where!r}")
+            import_path(os.path.dirname(os.path.abspath(where)))  # as `python file.py`: its siblings import
             name = "covkernels_user_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(where))
             module_spec = importlib.util.spec_from_file_location(name, where)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module  # dataclasses and pickling look the module up by name
             module_spec.loader.exec_module(module)
             return module
-        added = os.getcwd() not in sys.path
-        if added:
-            sys.path.insert(0, os.getcwd())  # as `python -m`: a module beside the caller is found
-        try:
-            return importlib.import_module(where)
-        finally:
-            if added:
-                sys.path.remove(os.getcwd())
+        import_path(os.getcwd())  # as `python -m`: a module beside the caller is found
+        return importlib.import_module(where)
     except ValueError:
         raise
     except Exception as exc:  # the user's module may raise anything while it is imported
         raise ValueError(f"--model {spec!r}: importing {where!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def import_path(folder: str) -> None:
+    """Put ``folder`` first on the import path, for the rest of the process, as Python does for a script's
+    folder and ``python -m`` for the current directory. Not undone after the import: the factory and the
+    denoiser it returns may import their own local modules later (inside the factory, or lazily at the
+    first call during sampling), and those imports would fail once the folder left the path."""
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def load_factory(spec: str) -> UserModel:
@@ -202,15 +209,3 @@ def as_user_model(obj, spec: str = "model") -> UserModel:
     raise TypeError(f"--model {spec!r}: the factory returned a {type(obj).__name__}; it must return {CONTRACT}"
                     + ("" if not callable(obj) else " (this one has no event_shape: set it, or return "
                        "UserModel(denoiser, event_shape))"))
-
-
-def resolve_model(name: str, builtin: Callable[[str], Any] | None = None) -> UserModel:
-    """A ``--model`` value as a :class:`UserModel`: a factory path through :func:`load_factory`, any other
-    name through ``builtin(name)`` (the command's own table of built-in models)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"--model must be a built-in name or package.module:factory, got {name!r}")
-    if is_factory_path(name):
-        return load_factory(name)
-    if builtin is None:
-        raise ValueError(f"--model {name!r} is not a factory path (package.module:factory)")
-    return as_user_model(builtin(name), name)

@@ -133,6 +133,35 @@ def test_inception_without_torch_fidelity_names_the_extra(monkeypatch):
         check_metrics(["precision"])
 
 
+class StubDino(torch.nn.Module):
+    """Stands in for torch.hub's dinov2_vitl14: (N, 3, 224, 224) -> (N, 5), no download."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 5)
+
+    def forward(self, x):
+        assert x.shape[1:] == (3, 224, 224)
+        return self.proj(x.mean((2, 3)))
+
+
+def test_the_dinov2_space_is_a_module_that_moves_to_the_device(monkeypatch):
+    stub = StubDino()
+    monkeypatch.setattr(torch.hub, "load", lambda repo, name: stub)
+    x = to_uint8(images(4, 5))
+    built = SPACES["dinov2"].build(3)
+    assert isinstance(built, torch.nn.Module)
+    unit = torch.nn.functional.interpolate(x.float() / 255, size=(224, 224), mode="bicubic", align_corners=False,
+                                           antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet's statistics
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(built(x), stub((unit - mean) / std), rtol=0, atol=1e-6)
+    moved = features.Extractor(SPACES["dinov2"], device="meta").fn(3)  # what --device cuda does, without a GPU
+    assert {t.device.type for t in [*moved.parameters(), *moved.buffers()]} == {"meta"}
+    assert stub.proj.weight.device.type == "meta"  # the hub network itself, not only the wrapper's statistics
+
+
 def test_unknown_metrics_are_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"--metrics: unknown \['fdd'\]; choose from \['fid'"):
         check_metrics(["fdd"])

@@ -1,5 +1,6 @@
 """``covkernels sample --out-dir``: numbered PNGs (or one npz) that are the same bytes whether one process or two
 ``torchrun`` shards write them, resumable, and refused where the folder holds another configuration."""
+import json
 import os
 import subprocess
 import sys
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import covkernels
 from covkernels.cli import main
-from covkernels.eval.export import batches, png_complete
+from covkernels.eval.export import MANIFEST, batches, export_samples, npz_count, png_complete
 
 # A class-conditional user model: the label of sample i is i % 3 (UserModel.extra_args as a function of the
 # sample indices), so a shard that conditioned its batch from index 0 would write other images.
@@ -46,7 +48,8 @@ def files(folder):
 
 
 @pytest.fixture
-def model(tmp_path):
+def model(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading it puts tmp_path on the import path: undone after
     (tmp_path / "user_model.py").write_text(MODULE)
     return "user_model.py:conditional"
 
@@ -95,3 +98,77 @@ def test_export_resumes_and_refuses_another_configuration(tmp_path, model, monke
 def test_batches_are_fixed_and_dealt_round_robin():
     assert batches(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert batches(10, 4, rank=0, world=2) == [(0, 4), (8, 10)] and batches(10, 4, rank=1, world=2) == [(4, 8)]
+
+
+def batch_dependent_draw(calls):
+    """A spy ``draw(start, stop)`` whose samples depend on the batch's size, as float rounding in a real network
+    can (a sample drawn in a batch of another shape comes out other bytes); it records every call."""
+
+    def draw(start, stop):
+        calls.append((start, stop))
+        index = torch.arange(start, stop, dtype=torch.float32).view(-1, 1, 1, 1)
+        return ((0.1 * index + 0.01 * (stop - start)).remainder(2) - 1).expand(-1, 3, 4, 4)
+
+    return draw
+
+
+def export(folder, num, fmt, calls, **kw):
+    return export_samples(batch_dependent_draw(calls), num, str(folder), fmt=fmt, batch_size=4,
+                          config={"model": "spy"}, **kw)
+
+
+def contents(folder, fmt):
+    if fmt == "png":
+        return files(folder)
+    return np.load(Path(folder) / "samples.npz")["arr_0"]
+
+
+@pytest.mark.parametrize("fmt", ["png", "npz"])
+def test_a_larger_num_extends_with_the_bytes_of_a_fresh_run(tmp_path, fmt):
+    grown, fresh = [], []
+    export(tmp_path / "grown", 5, fmt, grown)
+    assert grown == [(0, 4), (4, 8)]  # the last batch drawn whole, samples 5..7 dropped
+    done = export(tmp_path / "grown", 8, fmt, grown)
+    assert grown[2:] == [(4, 8)] and done["written"] == (3 if fmt == "png" else 4)  # npz: [0, 4) from samples.npz
+    export(tmp_path / "fresh", 8, fmt, fresh)
+    a, b = contents(tmp_path / "grown", fmt), contents(tmp_path / "fresh", fmt)
+    assert len(a) == 8 and (a == b if fmt == "png" else np.array_equal(a, b))
+    assert not (tmp_path / "grown" / "parts").exists()
+
+
+def test_a_smaller_num_leaves_a_larger_npz_as_it_is(tmp_path, model, monkeypatch, capsys):
+    calls = []
+    export(tmp_path / "out", 8, "npz", calls)
+    before = (tmp_path / "out" / "samples.npz").read_bytes()
+    again = []
+    done = export(tmp_path / "out", 5, "npz", again)
+    assert again == []  # nothing drawn
+    assert done == {"written": 0, "skipped": 5, "path": str(tmp_path / "out" / "samples.npz"), "count": 8}
+    assert (tmp_path / "out" / "samples.npz").read_bytes() == before and npz_count(done["path"]) == 8
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["num"] == 8
+    monkeypatch.chdir(tmp_path)  # and what the command says
+    common = ["sample", "--model", model, "--steps", "2", "--batch-size", "4", "--out-dir", "cli", "--format", "npz",
+              "--quiet"]
+    assert main([*common, "--num", "6"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--num", "3"]) == 0
+    assert "already holds 6 samples, at least --num 3: nothing written" in capsys.readouterr().out
+    assert np.load(tmp_path / "cli" / "samples.npz")["arr_0"].shape[0] == 6
+
+
+def test_parts_left_by_an_interrupted_smaller_num_are_removed(tmp_path):
+    def interrupt_after_two(count):
+        interrupt_after_two.batches += 1
+        if interrupt_after_two.batches == 2:
+            raise KeyboardInterrupt
+
+    interrupt_after_two.batches = 0
+    with pytest.raises(KeyboardInterrupt):
+        export(tmp_path / "out", 5, "npz", [], progress=interrupt_after_two)
+    assert sorted(p.name for p in (tmp_path / "out" / "parts").iterdir()) == ["000000000-000000004.npy",
+                                                                              "000000004-000000005.npy"]
+    calls = []
+    export(tmp_path / "out", 8, "npz", calls)  # a part of --num 5 is not one of --num 8's
+    assert calls == [(4, 8)] and not (tmp_path / "out" / "parts").exists()
+    export(tmp_path / "fresh", 8, "npz", [])
+    assert np.array_equal(contents(tmp_path / "out", "npz"), contents(tmp_path / "fresh", "npz"))

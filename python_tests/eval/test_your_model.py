@@ -2,6 +2,7 @@
 reference loader of ``--reference``, and ``covkernels eval`` on a factory model end to end (report naming the
 model and the reference, resume)."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from helpers import ROOT
 
+from covkernels import Guidance
 from covkernels.cli import main
 from covkernels.eval import evaluate
 from covkernels.eval.features import to_uint8
@@ -44,7 +46,8 @@ not_callable = 3
 
 
 @pytest.fixture
-def module(tmp_path):
+def module(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading it puts tmp_path on the import path: undone after
     path = tmp_path / "user_models.py"
     path.write_text(MODULE)
     return str(path)
@@ -55,9 +58,51 @@ def test_a_factory_path_gives_a_user_model(module, tmp_path, monkeypatch):
     assert user.event_shape == (3, 8, 8) and user.data_range == (-1.0, 1.0) and user.name == "user_models.gmm"
     assert load_factory(f"{module}:full").name == "mine"
     assert load_factory(f"{module}:net").event_shape == (3, 8, 8)  # the attribute may be the model itself
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the folder the import adds is dropped after the test
     monkeypatch.chdir(tmp_path)  # package.module:factory imports with the current directory on the path
     (tmp_path / "my_model_for_test.py").write_text(MODULE)
     assert load_factory("my_model_for_test:gmm").event_shape == (3, 8, 8)
+
+
+@pytest.fixture
+def local_modules(monkeypatch):
+    """The user's own modules of a test: the import path and these module names are restored afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names = ["covk_test_helper_net", "covk_test_lazy_helper", "covk_test_factory", "covk_test_sibling"]
+    yield
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_a_factory_and_its_denoiser_import_their_own_modules(tmp_path, monkeypatch, local_modules):
+    (tmp_path / "covk_test_helper_net.py").write_text(
+        "from covkernels.models import get_model\n\ndef make():\n    return get_model('gmm', size=8)\n")
+    (tmp_path / "covk_test_lazy_helper.py").write_text("SHIFT = 0.25\n")
+    (tmp_path / "covk_test_factory.py").write_text(
+        "def factory():\n"
+        "    import covk_test_helper_net  # a local import inside the factory\n"
+        "    net = covk_test_helper_net.make()\n\n"
+        "    def denoiser(x, sigma):\n"
+        "        import covk_test_lazy_helper  # lazily, at the first call (during sampling)\n"
+        "        return net(x, sigma) + covk_test_lazy_helper.SHIFT\n\n"
+        "    denoiser.event_shape = (3, 8, 8)\n"
+        "    return denoiser\n")
+    monkeypatch.chdir(tmp_path)
+    user = load_factory("covk_test_factory:factory")
+    monkeypatch.chdir(tmp_path.parent)  # the folder stays on the path, not the current directory's name
+    x, sigma = torch.zeros(2, 3, 8, 8), torch.ones(2)
+    assert torch.allclose(user.denoiser(x, sigma), get_model("gmm", size=8)(x, sigma) + 0.25)
+
+
+def test_a_factory_file_imports_its_siblings(tmp_path, monkeypatch, local_modules):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "covk_test_sibling.py").write_text("from covkernels.models import get_model\n")
+    (tmp_path / "models" / "filemod.py").write_text(
+        "import covk_test_sibling  # a sibling of this file, imported at module level\n\n"
+        "def factory():\n    return covk_test_sibling.get_model('gmm', size=8)\n")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    assert load_factory("../models/filemod.py:factory").event_shape == (3, 8, 8)
 
 
 @pytest.mark.parametrize("attr,error,match", [
@@ -85,6 +130,17 @@ def test_bad_paths_name_model(spec, match):
     assert "--model" in str(exc.value)
 
 
+@pytest.mark.parametrize("bad,match", [({"jvp": "forward"}, "jvp must be"), ({"nfes": [1]}, "nfes must be"),
+                                       ({"batch_size": 0}, "batch_size must be"),
+                                       ({"tune_num_samples": 8, "tables": ["default"]}, "best table only")])
+def test_cheap_arguments_are_checked_before_the_factory_runs(module, tmp_path, bad, match):
+    from covkernels.eval.config import EvalConfig
+
+    # the factory raises and the reference does not exist: neither is reached
+    with pytest.raises(ValueError, match=match):
+        EvalConfig(model=f"{module}:boom", reference=str(tmp_path / "no_reference"), **bad)
+
+
 def test_user_model_checks_its_fields():
     model = get_model("gmm", size=8)
     with pytest.raises(ValueError, match="event_shape"):
@@ -95,6 +151,41 @@ def test_user_model_checks_its_fields():
         UserModel(model, (3, 8, 8), extra_args=3)
     labelled = UserModel(model, (3, 8, 8), extra_args=lambda idx: {"label": idx % 3})
     assert labelled.batch_args(4, 7)["label"].tolist() == [1, 2, 0]  # sample i's label, whatever the batch
+
+
+class Movable:
+    """A denoiser that is not an nn.Module but has ``.to`` (as some wrappers do); ``copy``: ``.to`` returns a
+    moved copy rather than moving in place."""
+
+    def __init__(self, weight, copy=False):
+        self.weight, self.copy = weight, copy
+
+    def __call__(self, x, sigma):
+        return x * self.weight
+
+    def to(self, *args, **kwargs):
+        if self.copy:
+            return Movable(self.weight.to(*args, **kwargs), copy=True)
+        self.weight = self.weight.to(*args, **kwargs)
+        return self
+
+
+def test_a_denoiser_with_its_own_to_moves_with_the_sampling_model():
+    from covkernels.eval.sources import SamplingModel
+
+    x = torch.ones(2, 3, 8, 8, dtype=torch.float64)
+    in_place = Movable(torch.tensor(0.5))
+    model = SamplingModel(UserModel(in_place, (3, 8, 8)))
+    assert model.to(torch.float64) is model and in_place.weight.dtype == torch.float64
+    assert model(x, torch.ones(2)).dtype == torch.float64
+    copied = Movable(torch.tensor(0.5), copy=True)
+    guidance = Guidance(2.0, uncond_model=lambda x, sigma: torch.zeros_like(x))
+    guided = SamplingModel(UserModel(copied, (3, 8, 8), guidance=guidance)).to(torch.float64)
+    assert copied.weight.dtype == torch.float32 and guided.user.denoiser.weight.dtype == torch.float64
+    out = guided(x, torch.ones(2))  # 0 + 2 (0.5 x - 0), through the moved copy
+    assert out.dtype == torch.float64 and torch.equal(out, x)
+    plain = SamplingModel(UserModel(lambda x, sigma: 0.5 * x, (3, 8, 8))).to(torch.float64)  # called as it is
+    assert torch.equal(plain(x, torch.ones(2)), 0.5 * x)
 
 
 def test_the_cli_names_model_for_a_bad_factory(module, tmp_path, capsys):
@@ -109,6 +200,28 @@ def test_the_cli_names_model_for_a_bad_factory(module, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--model", f"{module}:gmm"])
     assert "--reference PATH is needed" in capsys.readouterr().err
+
+
+def test_a_metric_registered_by_the_factory_module_is_a_cli_choice(tmp_path, capsys, local_modules):
+    (tmp_path / "with_metric.py").write_text(
+        "from covkernels.eval.reference_scorer import METRICS, register_metric\n"
+        "from covkernels.models import get_model\n\n"
+        "register_metric('fd_pooled_mine', METRICS['fd_pooled'])  # at import, before --metrics is checked\n\n"
+        "def gmm():\n    return get_model('gmm', size=8)\n")
+    np.save(tmp_path / "ref.npy", pixels(n=16).numpy())
+    common = ["sample", "--model", f"{tmp_path / 'with_metric.py'}:gmm", "--reference", str(tmp_path / "ref.npy"),
+              "--num", "4", "--num-eval", "8", "--steps", "2", "--out", str(tmp_path / "grid.png"), "--quiet"]
+    from covkernels.eval.reference_scorer import METRICS
+
+    try:
+        assert main([*common, "--metrics", "fd_pooled_mine"]) == 0
+        assert "fd_pooled_mine" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exc:
+            main([*common, "--metrics", "fdd"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "--metrics: unknown ['fdd']" in err and "fd_pooled_mine" in err
+    finally:
+        METRICS.pop("fd_pooled_mine", None)
 
 
 # ---- the reference loader ---------------------------------------------------------------------------------
@@ -149,6 +262,8 @@ def test_arrays_npz_and_npy_in_either_layout(tmp_path):
 
 @pytest.mark.parametrize("array,shape,match", [
     (pixels().float().numpy() / 255.0 * 2 + 0.5, (3, 8, 8), r"must already be in the model's range \[-1, 1\]"),
+    # [0, 1] floats for a [-1, 1] model: inside the range, but never in its lower quarter
+    (pixels().float().numpy() / 255.0, (3, 8, 8), r"never in the lower quarter .* -1 \+ 2 x"),
     (pixels().numpy().astype(np.int32) * 2, (3, 8, 8), r"integer pixels must lie in \[0, 255\]"),
     (pixels(c=3).numpy(), (1, 8, 8), "not N images of 1 channel"),
     (pixels().numpy(), (3, 16, 16), "--reference-resize"),
@@ -159,6 +274,28 @@ def test_wrong_shapes_and_ranges_are_refused(tmp_path, array, shape, match):
     with pytest.raises(ValueError, match=match) as exc:
         load_reference(str(tmp_path / "bad.npy"), shape)
     assert "--reference" in str(exc.value)
+
+
+def test_float_references_near_the_lower_quarter_are_taken(tmp_path):
+    floats = pixels().permute(0, 3, 1, 2).float() / 255.0 * 1.5 - 1.0  # [-1, 0.5]: dark pixels present
+    np.save(tmp_path / "ok.npy", floats.numpy())
+    assert torch.equal(load_reference(str(tmp_path / "ok.npy"), (3, 8, 8)).images, floats)
+    unit = pixels().permute(0, 3, 1, 2).float() / 255.0  # [0, 1] floats for a [0, 1] model: its own range
+    np.save(tmp_path / "unit.npy", unit.numpy())
+    assert torch.equal(load_reference(str(tmp_path / "unit.npy"), (3, 8, 8), data_range=(0, 1)).images, unit)
+
+
+def test_16_bit_pngs_are_refused_not_clipped(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "deep").mkdir()
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # up to 63000: Pillow's "L" would clip at 255
+    Image.fromarray(wide).save(tmp_path / "deep" / "000.png")
+    assert Image.open(tmp_path / "deep" / "000.png").mode.startswith("I")
+    for channels in (1, 3):
+        with pytest.raises(ValueError, match="not 8 bits per channel") as exc:
+            load_reference(str(tmp_path / "deep"), (channels, 8, 8))
+        assert "--reference" in str(exc.value) and "000.png" in str(exc.value)
 
 
 def test_resize_keeps_the_aspect_ratio_and_says_so(tmp_path):
@@ -215,6 +352,11 @@ def test_eval_on_a_factory_model_names_the_model_and_the_reference(module, tmp_p
     assert list((tmp_path / "cache").glob("features/*/*.pt"))  # the reference's features, cached on disk
     assert main(argv) == 0  # resumes: the same finished cells, nothing sampled again
     assert json.loads((tmp_path / "out" / "quality_user_models.gmm.json").read_text())["cells"] == state["cells"]
+    monkeypatch.chdir(tmp_path)  # the same images through another path: resumed, compared by their content
+    assert argv[3:5] == ["--reference", reference] and main([*argv[:4], "ref", *argv[5:]]) == 0
+    again = json.loads((tmp_path / "out" / "quality_user_models.gmm.json").read_text())
+    assert again["cells"] == state["cells"] and again["config"]["reference"]["path"] == "ref"  # as given now
+    assert "Reference: `ref`" in (tmp_path / "out" / "quality_user_models.gmm.md").read_text()
 
 
 def test_a_testbed_model_scored_against_a_reference(tmp_path, monkeypatch):
