@@ -6,7 +6,7 @@ import torch
 import covkernels as ck
 from helpers import gen
 from covkernels import jvp as jvp_engine
-from covkernels.eval.scorers import Scorer
+from covkernels.eval.testbeds import make_scorer
 from covkernels.models import get_model
 from covkernels.models.digits import digits_classifier
 
@@ -38,7 +38,7 @@ def test_jvp_strategies_agree_on_the_trained_unet(model):
 
 def test_samples_are_digits_of_every_class(model):
     x = ck.sample(model, (96, 1, 16, 16), "ddim", steps=16, sigma_min=0.1, generator=gen(3), disable=True)
-    scorer = Scorer("digits", model, 96, 0)
+    scorer = make_scorer("digits", model, 96, 0)
     classes = scorer.classifier(x.clamp(-1, 1)).argmax(1)
     assert len(set(classes.tolist())) >= 9
     good = scorer(x)

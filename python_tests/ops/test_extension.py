@@ -172,13 +172,15 @@ print(" ".join(sorted(m for m in sys.modules if m.startswith("covkernels"))))
 """
 
 
-def test_loading_the_extension_and_the_ops_imports_nothing_above_them():
+def test_loading_the_extension_and_the_ops_imports_nothing_above_them(tmp_path):
     """The package root is lazy and the extension is imported by its full name: neither the samplers, the
-    steps nor the CLI load when a program only needs covkernels._C and covkernels.ops."""
+    steps nor the CLI load when a program only needs covkernels._C and covkernels.ops. The child runs in an
+    empty folder, so it imports the covkernels this process imported (a source tree in the working directory
+    would shadow an installed package and its built extension)."""
     root = str(Path(ck.__file__).parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", _LOAD_OPS_ONLY], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded_ext, modules = proc.stdout.split("\n")[:2]
     modules = set(modules.split())
