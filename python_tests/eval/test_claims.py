@@ -194,3 +194,26 @@ def test_claim3_verdicts_quoted_in_the_ledger_match_its_grid():
     assert sorted(k for k, v in rows.items() if v == "loss") == [("gaussian", 4), ("gmm", 4), ("patches", 4),
                                                                   ("patches", 6), ("patches", 8)]
     assert all(v == "tie" for (_, nfe), v in rows.items() if nfe >= 12)
+
+
+def test_claim8_verdicts_quoted_in_the_ledger_match_its_grid():
+    """docs/claims.md, claim 8 on the oracles: Lanczos k = 3 never loses to the Hutchinson diagonal or to DDPM
+    on the power-spectrum error, with the tallies and the per-testbed ranges the ledger quotes."""
+    import from_grids as fg
+
+    rows = {}
+    for files, table, sampler, rivals, metric in fg.CLAIMS[8]:
+        for name in files:
+            for r in fg.compare(fg.RESULTS / name, table, sampler, rivals, metric):
+                rows[(r["testbed"], r["nfe"], r["sampler"], r["rival"])] = r["verdict"]
+
+    def tally(sampler, rival):
+        found = [v for (_, _, s, r), v in rows.items() if (s, r) == (sampler, rival)]
+        return found.count("win"), found.count("tie"), found.count("loss")
+
+    assert tally("lanczos/k3", "diag_hutchinson") == (9, 9, 0)
+    assert tally("lanczos/k3", "ddpm") == (13, 5, 0)
+    assert tally("diag_hutchinson", "ddpm") == (10, 7, 1)
+    wins = {t: sorted(n for (tb, n, s, r), v in rows.items() if tb == t and (s, r) == ("lanczos/k3", "diag_hutchinson")
+                      and v == "win") for t in ("gaussian", "gmm")}
+    assert wins == {"gaussian": [10, 20, 40, 50, 80, 100, 200], "gmm": [10, 20]}
