@@ -100,7 +100,7 @@ def warnings_for(args, sigmas: torch.Tensor, opts: dict | None = None, testbed=N
     return out
 
 
-def make_scorer(testbed, model, num_eval: int, seed: int):
+def checked_scorer(testbed, model, num_eval: int, seed: int):
     """The testbed's scorer of ``num_eval`` samples of seed ``seed`` (built before sampling, so that a
     ``--num-eval`` the testbed cannot score is refused at once). Raises ValueError naming ``--num-eval``."""
     try:
@@ -217,7 +217,7 @@ def cmd_sample(args) -> int:
     scorer = None
     if testbed is not None and args.num_eval >= min_eval_samples(testbed):  # scoring runs on the CPU
         score_net = model if device.type == "cpu" or not testbed.scores_model else testbed.load()
-        scorer = make_scorer(testbed, score_net, args.num_eval, args.seed)
+        scorer = checked_scorer(testbed, score_net, args.num_eval, args.seed)
     model = model.to(device)
     sigmas = get_sigmas(args.schedule, args.steps, args.sigma_min, args.sigma_max)
     for message in warnings_for(args, sigmas, opts, testbed=testbed):
