@@ -11,7 +11,7 @@ import torch
 from .. import compiled_steps
 from ..steps import StepContext, lanczos_step, structured_step
 from ..steps.validation import check_basis, check_bool, check_c_max, check_channel_average, check_count, \
-    check_cov_sigma_max, check_eta, check_inputs, check_stride_option
+    check_cov_sigma_max, check_eta, check_inputs, check_spatial_average, check_stride_option
 from .common import COV_SIGMA_MAX, covariance_loop
 from .registry import register
 
@@ -20,15 +20,22 @@ from .registry import register
           step_cost=lambda o: 2,
           summary="covariance-aware DDIM: diagonal of J in a DCT/ConvDCT basis from one JVP",
           variants={"cov_ddim/identity": {"basis": "identity"}, "cov_ddim/dct": {"basis": "dct"},
-                    "cov_ddim/convdct": {"basis": "convdct"}})
+                    "cov_ddim/convdct": {"basis": "convdct"},
+                    # the averaging ablation (docs/claims.md, claim 4): over space, over both, over neither
+                    "cov_ddim/convdct-avg-spatial": {"basis": "convdct", "channel_average": False,
+                                                     "spatial_average": True},
+                    "cov_ddim/convdct-avg-global": {"basis": "convdct", "spatial_average": True},
+                    "cov_ddim/convdct-avg-none": {"basis": "convdct", "channel_average": False}})
 @torch.no_grad()
 def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
-                    block=8, stride=None, c_max=1.0, channel_average=True, cov_sigma_max=COV_SIGMA_MAX,
-                    guidance=None, jvp="auto", backend="auto", generator=None, sample_offset=0, check_finite=True,
-                    compile=False):
+                    block=8, stride=None, c_max=1.0, channel_average=True, spatial_average=False,
+                    cov_sigma_max=COV_SIGMA_MAX, guidance=None, jvp="auto", backend="auto", generator=None,
+                    sample_offset=0, check_finite=True, compile=False):
     """Covariance-aware DDIM: Tweedie covariance diagonal in ``basis`` from one Hutchinson JVP per step;
     ``stride`` (convdct only, dividing ``block``; None = ``block``): tiles every ``stride`` pixels, the
-    overlapping ConvDCT frame (``steps.overlap_step``).
+    overlapping ConvDCT frame (``steps.overlap_step``). The one-probe estimate is averaged over channels
+    (``channel_average``, the default) and, with ``spatial_average=True``, over the block positions that share
+    a frequency (convdct / identity; composed from the backend's transforms, ``steps.averaged_step``).
     2 NFE per step with ``sigma <= cov_sigma_max``, 1 on the others and on the last (see COV_SIGMA_MAX).
     ``compile=True``: every step one ``torch.compile`` graph, compiled once per shape
     (:mod:`covkernels.compiled_steps`)."""
@@ -37,6 +44,7 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
     check_basis(basis, block, x)
     stride = check_stride_option(stride, basis, block, x)
     check_channel_average(channel_average, x)
+    spatial_average = check_spatial_average(spatial_average, basis, x, compile)
     c_max = check_c_max(c_max, allow_none=True)
     cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
     ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,
@@ -47,7 +55,7 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
                                               c_max=c_max, stride=stride)
     return covariance_loop(ctx, x, sigmas, callback, disable, lambda c, xx, i, st, ss: structured_step(
         c, xx, i, st, ss, eta=eta, basis=basis, block=block, channel_average=bool(channel_average), c_max=c_max,
-        stride=stride), eta, cov_sigma_max)
+        stride=stride, spatial_average=spatial_average), eta, cov_sigma_max)
 
 
 @register("diag_hutchinson", family="covariance", needs_jvp=True, stochastic=True, windowed=True,

@@ -13,13 +13,18 @@ from .plain import ancestral_split
 
 def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
                     basis: str, block: int, channel_average: bool, c_max: float | None, probes: int = 1,
-                    stride: int | None = None):
+                    stride: int | None = None, spatial_average: bool = False):
     """``cov_ddim`` / ``diag_hutchinson``: Hutchinson diagonal of J in ``basis`` from ``probes`` JVPs, then
-    structured noise; ``stride`` (convdct, < block): the overlapping frame (:func:`overlap_step`).
-    Returns ``(x_s, denoised)``."""
+    structured noise; ``stride`` (convdct, < block): the overlapping frame (:func:`overlap_step`);
+    ``spatial_average``: the composed step :func:`averaged_step`. Returns ``(x_s, denoised)``."""
     if stride is not None and stride != block:
         return overlap_step(ctx, x, step, sigma_t, sigma_s, eta=eta, block=block, stride=stride,
-                            channel_average=channel_average, c_max=c_max, probes=probes)
+                            channel_average=channel_average, c_max=c_max, probes=probes,
+                            spatial_average=spatial_average)
+    if spatial_average:
+        return averaged_step(ctx, x, step, sigma_t, sigma_s, eta=eta, basis=basis, block=block,
+                             channel_average=channel_average, c_max=c_max, probes=probes,
+                             tile=1 if basis == "identity" else block)
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
     denoised, jvps = None, []
     for p in range(probes):
@@ -40,8 +45,38 @@ def structured_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float
     return x_s, denoised
 
 
+def averaged_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
+                  basis: str, block: int, channel_average: bool, c_max: float | None, probes: int = 1,
+                  tile: int | None):
+    """The structured step composed from the backend's transforms and random streams instead of its fused
+    step op, so that the coefficients can also be averaged over block positions (``tile``: the block, 1 for
+    pixels; None: not). The fused op averages over channels only; with ``tile=None`` this reproduces it
+    (same probes, same noise: tested). Returns ``(x_s, denoised)``."""
+    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
+    wd = work_dtype(x.dtype)
+    denoised, zs, fjvs = None, [], []
+    for p in range(probes):
+        # The coefficient-space probe is the identity basis' tangent: the same counters as the fused op's.
+        z = ctx.ops.probe_tangent(ctx.seed, x.shape, sample_offset=ctx.sample_offset, step=step, index=p,
+                                  basis="identity", dtype=wd, device=x.device)
+        mean, jv = ctx.jvp(x, sigma_t, ctx.ops.synthesis(z, basis, block).to(x.dtype), step, fresh=p == 0)
+        if p == 0:
+            denoised = mean
+        zs.append(z)
+        fjvs.append(ctx.ops.analysis(jv.to(wd), basis, block))
+    fjv = torch.stack(fjvs)
+    if ctx.mean_only_fallback:  # a sample that failed on a later probe drops its earlier probes too
+        fjv[:, ctx.fallback_mask(step, x)] = 0
+    c = hutchinson_coefficients(torch.stack(zs), fjv, channel_average=channel_average, c_max=c_max, tile=tile)
+    xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
+    std = torch.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
+    x_s = ddim_mean(denoised, x, sigma_t, sigma_down) + ctx.ops.synthesis(std * xi, basis, block)
+    return x_s.to(x.dtype), denoised
+
+
 def overlap_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
-                 block: int, stride: int, channel_average: bool, c_max: float | None, probes: int = 1):
+                 block: int, stride: int, channel_average: bool, c_max: float | None, probes: int = 1,
+                 spatial_average: bool = False):
     """The ``convdct`` step on the overlapping frame ``A_p`` (Parseval, ``R = (block/stride)^2`` shifts; see
     ``ops/dct/reference.py``), composed from the backend's fused block DCT and random streams.
 
@@ -50,7 +85,7 @@ def overlap_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
     covariance. Probe: ``z`` Rademacher in frame coefficients ``(B, C, R, H, W)``, ``v = A_p^T z``, estimate
     ``R z * (A_p J v)``; unlike a basis, the frame's overlaps leave this estimate noisy even where ``J`` is
     diagonal in every shift. Noise ``xi (B, C, R, H, W)``: ``x_s = m + A_p^T(sqrt(sigma_up^2 + s^2 c) xi)``.
-    Returns ``(x_s, denoised)``."""
+    ``spatial_average``: ``c`` averaged over block positions and shifts per in-block frequency. Returns ``(x_s, denoised)``."""
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
     b, ch, h, w = x.shape
     r2 = len(frame_shifts(block, stride))
@@ -75,7 +110,8 @@ def overlap_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
     fjv = torch.stack(fjvs)
     if ctx.mean_only_fallback:  # a sample that failed on a later probe drops its earlier probes too
         fjv[:, ctx.fallback_mask(step, x)] = 0
-    c = hutchinson_coefficients(torch.stack(zs), fjv, channel_average=channel_average, c_max=c_max)
+    c = hutchinson_coefficients(torch.stack(zs), fjv, channel_average=channel_average, c_max=c_max,
+                                tile=block if spatial_average else None)
     xi = ctx.normal((b, ch * r2, h, w), step, dtype=wd, device=x.device).view(b, ch, r2, h, w)
     std = torch.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
     x_s = ddim_mean(denoised, x, sigma_t, sigma_down) + synthesis(std * xi)

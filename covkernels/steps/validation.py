@@ -123,6 +123,23 @@ def check_stride_option(stride, basis, block, x: torch.Tensor) -> int | None:
     return None if stride == block else stride
 
 
+def check_spatial_average(spatial_average, basis: str, x: torch.Tensor, compile) -> bool:
+    """``spatial_average`` a bool; True needs images and a basis with more than one block position (not the
+    global ``dct``), and is refused with ``compile=True`` (the compiled step is the fused op, which averages
+    over channels only)."""
+    if not check_bool(spatial_average, "spatial_average"):
+        return False
+    if x.dim() != 4:
+        raise ValueError(f"spatial_average=True needs images x of shape (B, C, H, W), got shape {tuple(x.shape)}")
+    if basis == "dct":
+        raise ValueError("spatial_average=True does not apply to basis='dct': the global DCT is one block, with "
+                         "no block positions to average over; use basis='convdct' or 'identity'")
+    if compile is True:
+        raise ValueError("spatial_average=True is not available with compile=True (the compiled step runs the "
+                         "fused op, which averages over channels only)")
+    return True
+
+
 def check_channel_average(channel_average, x: torch.Tensor) -> bool:
     """``channel_average`` a bool, and True only on images (it averages the diagonal over channels)."""
     check_bool(channel_average, "channel_average")

@@ -38,17 +38,34 @@ def probe_tangent(seed: int, shape, *, sample_offset: int, step: int, index: int
 
 
 def hutchinson_coefficients(z: torch.Tensor, fjv: torch.Tensor, *, channel_average: bool = True,
-                            c_max: float | None = 1.0) -> torch.Tensor:
+                            c_max: float | None = 1.0, tile: int | None = None) -> torch.Tensor:
     """Per-coefficient diagonal estimate of ``F J F^T``.
 
-    ``z``, ``fjv``: ``(P, B, C, H, W)`` probes and transformed JVPs ``F J F^T z``. Returns ``(B, C, H, W)``
-    (``(B, 1, H, W)`` broadcastable when ``channel_average``): the mean over probes of ``z * fjv``,
-    averaged over channels, clamped to ``[0, c_max]`` (``c_max=None``: no upper clamp).
+    ``z``, ``fjv``: ``(P, B, C, H, W)`` probes and transformed JVPs ``F J F^T z`` (or ``(P, B, C, R, H, W)``
+    on the overlapping frame). Returns ``(B, C, H, W)`` (``(B, 1, H, W)`` broadcastable when
+    ``channel_average``): the mean over probes of ``z * fjv``, averaged over channels, and with ``tile`` (the
+    basis' block: 1 for pixels) over the positions that share an in-block frequency (:func:`tile_mean`),
+    clamped to ``[0, c_max]`` (``c_max=None``: no upper clamp).
     """
     c = (z.to(work_dtype(fjv.dtype)) * fjv.to(work_dtype(fjv.dtype))).mean(dim=0)
     if channel_average:
         c = c.mean(dim=1, keepdim=True)
+    if tile is not None:
+        c = tile_mean(c, tile)
     return c.clamp(min=0.0, max=c_max)
+
+
+def tile_mean(c: torch.Tensor, tile: int) -> torch.Tensor:
+    """Spatial averaging of coefficients ``(B, C, [R,] H, W)`` laid out in ``tile x tile`` blocks: each
+    in-block frequency gets its mean over all block positions (and over the frame's shifts ``R``), per
+    sample and channel. Same shape as ``c``."""
+    *lead, h, w = c.shape
+    if h % tile or w % tile:
+        raise ValueError(f"tile_mean: the block {tile} must divide the image size {h} x {w}")
+    t = c.reshape(*lead, h // tile, tile, w // tile, tile).mean(dim=(-4, -2), keepdim=True)
+    if len(lead) > 2:  # the overlapping frame's shifts are translates too
+        t = t.mean(dim=tuple(range(2, len(lead))), keepdim=True)
+    return t.expand(*lead, h // tile, tile, w // tile, tile).reshape(c.shape)
 
 
 def structured_noise(mean: torch.Tensor, c: torch.Tensor, xi: torch.Tensor, *, sigma_up: float,
