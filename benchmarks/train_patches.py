@@ -101,11 +101,13 @@ def learning_rate(args, step: int, elapsed: float, budget: float) -> float:
     return args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def optimise(args, model, data: torch.Tensor, gen: torch.Generator, batch_loss, validate, save, log: dict):
-    """The training loop both patch models share (so the flow retraining gets the EDM model's exact budget):
-    Adam, :func:`learning_rate`, random horizontal flips, EMA of the weights, a loss line every 100 steps and
-    the held-out ``validate(ema)`` with ``save(ema, log)`` every ``--checkpoint-minutes``, until ``--steps``
-    or ``--budget-minutes``. ``batch_loss(model, x0)`` draws its noise from ``gen``. Returns ``(ema, log)``."""
+def optimise(args, model, data: torch.Tensor, gen: torch.Generator, batch_loss, validate, save, log: dict,
+             flip: bool = True):
+    """The training loop the patch models share (so the flow retraining gets the EDM model's exact budget):
+    Adam, :func:`learning_rate`, random horizontal flips (``flip``; off for latents, whose mirror image is not
+    the latent of the mirrored patch), EMA of the weights, a loss line every 100 steps and the held-out
+    ``validate(ema)`` with ``save(ema, log)`` every ``--checkpoint-minutes``, until ``--steps`` or
+    ``--budget-minutes``. ``batch_loss(model, x0)`` draws its noise from ``gen``. Returns ``(ema, log)``."""
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     budget = args.budget_minutes * 60.0 if args.budget_minutes else math.inf
@@ -116,8 +118,8 @@ def optimise(args, model, data: torch.Tensor, gen: torch.Generator, batch_loss, 
         for group in opt.param_groups:
             group["lr"] = lr
         x0 = data[torch.randint(0, len(data), (args.batch,), generator=gen)].float()
-        flip = torch.rand(args.batch, generator=gen) < 0.5
-        loss = batch_loss(model, torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0))
+        mirror = torch.rand(args.batch, generator=gen) < 0.5  # drawn either way: the stream does not depend on flip
+        loss = batch_loss(model, torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0) if flip else x0)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -190,3 +190,26 @@ class PatchesScorer:
 
     def floor(self) -> dict:
         return self(self.reference2)
+
+
+class LatentPatchesScorer:
+    """The ``patches`` metrics of latent samples ``z (num, 4, 8, 8)`` of the ``patches_latent`` model: the
+    model's autoencoder decodes them to ``3 x 16 x 16`` images, scored by :class:`PatchesScorer` against the
+    same held-out patches (so the numbers compare with the pixel-space ``patches`` testbed's). The floor is
+    real against real; what the autoencoder alone costs (decoded latents of real patches) is in
+    ``benchmarks/results/train_patches_latent.json`` and docs/testbeds.md."""
+
+    def __init__(self, model, num: int = 1024, seed: int = 0):
+        if not callable(getattr(model, "decode", None)):
+            raise TypeError(f"the patches_latent scorer needs the model's decoder (model.decode), got "
+                            f"{type(model).__name__}")
+        self.model, self.patches = model, PatchesScorer(None, num, seed)
+        self.event_shape = tuple(model.event_shape)
+
+    def __call__(self, z: torch.Tensor) -> dict:
+        if z.dim() != 4 or tuple(z.shape[1:]) != self.event_shape:
+            raise ValueError(f"z must be latents (N, {', '.join(map(str, self.event_shape))}), got {tuple(z.shape)}")
+        return self.patches(self.model.decode(z.detach().cpu().float()))
+
+    def floor(self) -> dict:
+        return self.patches.floor()

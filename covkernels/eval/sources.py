@@ -95,6 +95,9 @@ def reference_source(spec: str, user: UserModel, reference: str, metrics=None, *
     from .reference import load_reference
     from .reference_scorer import METRICS, ReferenceScorers, check_metrics
 
+    if user.decode is not None:
+        raise ValueError(f"--reference: scoring a latent model ({spec}, with a decode) against reference images is "
+                         f"not supported; write decoded images with `covkernels sample --out-dir` and score those")
     metrics = check_metrics(metrics)  # a missing extra is found before the reference is read
     ref = load_reference(reference, user.event_shape, user.data_range, resize=resize, min_count=min_count)
     scorers = ReferenceScorers(ref, metrics, data_range=user.data_range, cache_dir=cache_dir,

@@ -15,7 +15,8 @@ Built in: ``gmm`` and ``gaussian`` (the 3 x 16 x 16 analytic oracles: Frechet di
 distance to exact samples, the log-likelihood gap under the true density, and for the Gaussian the exact
 W2^2), ``digits`` (the trained UNet: Frechet / kernel distance and k-NN precision / recall in the shipped
 classifier's features against the 1797 real digits) and, where their model modules
-``covkernels.models.<name>`` are present, ``digits_ideal``, ``patches`` and ``patches_flow`` (scorers in
+``covkernels.models.<name>`` are present, ``digits_ideal``, ``patches``, ``patches_flow`` and
+``patches_latent`` (a latent model: its samples are decoded before scoring) (scorers in
 :mod:`covkernels.eval.scorers`; models from ``covkernels.models.get_model(name)``).
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from .scorers import REFERENCE_SEED_OFFSET, DigitsIdealScorer, DigitsScorer, OracleScorer, PatchesScorer
+from .scorers import REFERENCE_SEED_OFFSET, DigitsIdealScorer, DigitsScorer, LatentPatchesScorer, OracleScorer, \
+    PatchesScorer
 
 __all__ = ["REFERENCE_SEED_OFFSET", "OPTIONAL", "DIGITS_IDEAL_METRICS", "PATCHES_METRICS", "Testbed", "register",
            "testbed_names", "get_testbed", "all_metrics", "load_model", "make_scorer"]
@@ -149,6 +151,9 @@ OPTIONAL = {
     # the same data, reference and metrics as patches: a rectified-flow x-prediction network through the flow
     # adapter, so the two testbeds' numbers compare directly
     "patches_flow": (PatchesScorer, PATCHES_METRICS, "fd_features", "held-out patches vs held-out patches"),
+    # a latent diffusion model of the same photographs: samples are 4 x 8 x 8 latents, decoded by the model's
+    # autoencoder and scored like patches (docs/claims.md, claim 5)
+    "patches_latent": (LatentPatchesScorer, PATCHES_METRICS, "fd_features", "held-out patches vs held-out patches"),
 }
 
 register(Testbed("gmm", _oracle_loader("gmm"), OracleScorer, dict(_ORACLE_METRICS), "fd_pooled",

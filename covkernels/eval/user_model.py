@@ -49,7 +49,9 @@ class UserModel:
     sharded); ``guidance``: a :class:`~covkernels.Guidance` or a scale, applied with
     :func:`~covkernels.guidance.cfg_denoiser` so every sampler runs guided (one guided evaluation counts
     as one NFE); ``data_range``: ``(lo, hi)`` of the model's data (images are converted to and from
-    [0, 255] linearly through it); ``name``: what reports and file names call it."""
+    [0, 255] linearly through it); ``name``: what reports and file names call it; ``decode``: for a latent
+    model, ``decode(samples) -> images (B, C, H, W)`` in ``data_range``, applied before images are written
+    (``covkernels sample`` grids and ``--out-dir``); None: the samples are the images."""
 
     denoiser: Callable
     event_shape: tuple
@@ -57,6 +59,7 @@ class UserModel:
     guidance: Any = None
     data_range: tuple = (-1.0, 1.0)
     name: str | None = None
+    decode: Callable | None = None
 
     def __post_init__(self):
         if not callable(self.denoiser):
@@ -70,6 +73,9 @@ class UserModel:
         if self.extra_args is not None and not (isinstance(self.extra_args, dict) or callable(self.extra_args)):
             raise TypeError(f"UserModel.extra_args must be a dict, a callable indices -> dict or None, got "
                             f"{type(self.extra_args).__name__}")
+        if self.decode is not None and not callable(self.decode):
+            raise TypeError(f"UserModel.decode must be callable samples -> images or None, got "
+                            f"{type(self.decode).__name__}")
         lo, hi = _data_range(self.data_range)
         object.__setattr__(self, "data_range", (lo, hi))
         if self.guidance is not None:
@@ -85,6 +91,13 @@ class UserModel:
                 raise TypeError(f"UserModel.extra_args(indices) must return a dict, got {type(args).__name__}")
             return args
         return self.extra_args
+
+    def images(self, samples: torch.Tensor) -> torch.Tensor:
+        """The images of ``samples``: ``decode(samples)`` for a latent model, else the samples."""
+        if self.decode is None:
+            return samples
+        with torch.no_grad():
+            return self.decode(samples)
 
     def sampling_model(self):
         """The denoiser the samplers call: guided where ``guidance`` is set."""
