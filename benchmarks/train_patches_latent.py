@@ -2,7 +2,7 @@
 its latents (a latent diffusion model in miniature, for claim 5 of docs/claims.md).
 
     pip install scikit-image              # the data: photographs inside its wheel, no download
-    python benchmarks/train_patches_latent.py --ae-steps 4000 --steps 5336 --budget-minutes 0
+    python benchmarks/train_patches_latent.py --ae-steps 6000 --steps 6000 --budget-minutes 0
                                           # writes covkernels/models/weights/patches_latent.pt
 
 Data: the ``patches`` testbed's (``train_patches.build_data``: same photographs, same held-out quarter, never
@@ -113,7 +113,7 @@ def train_denoiser(args, lat: torch.Tensor, val: torch.Tensor, ae: PatchAutoenco
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     base.add_training_arguments(p)
-    p.add_argument("--ae-steps", type=int, default=4000, help="autoencoder optimiser steps")
+    p.add_argument("--ae-steps", type=int, default=6000, help="autoencoder optimiser steps")
     p.add_argument("--ae-width", type=int, default=32)
     p.add_argument("--ae-lr", type=float, default=2e-3)
     p.add_argument("--latent-noise", type=float, default=0.05, help="latent noise in training, x batch std")

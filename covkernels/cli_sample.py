@@ -146,32 +146,21 @@ def sampling_source(args, device):
     against ``--reference`` where one is given (:mod:`covkernels.eval.sources`)."""
     from .eval.sources import SamplingModel, reference_source
     from .eval.testbeds import get_testbed
-    from .eval.user_model import is_factory_path, load_factory
+    from .eval.user_model import as_user_model, is_factory_path, load_factory
 
     if args.metrics is not None and args.reference is None:
         raise ValueError("--metrics applies to a --reference (a testbed scores with its own metrics)")
     if not is_factory_path(args.model) and args.reference is None:
         testbed = get_testbed(args.model)  # an unknown name: ValueError listing the testbeds
         model = testbed.load()
-        return model, testbed_user_model(model, args.model), testbed
+        return model, as_user_model(model, args.model), testbed
     user = load_factory(args.model) if is_factory_path(args.model) else \
-        testbed_user_model(get_testbed(args.model).load(), args.model)
+        as_user_model(get_testbed(args.model).load(), args.model)
     testbed = None
     if args.reference is not None and args.out_dir is None:
         testbed = reference_source(args.model, user, args.reference, args.metrics, resize=args.reference_resize,
                                    cache_dir=args.feature_cache, device=device, min_count=args.num_eval).testbed
     return SamplingModel(user), user, testbed
-
-
-def testbed_user_model(model, name: str):
-    """A testbed's model as a :class:`~covkernels.eval.user_model.UserModel`; a latent testbed's model
-    (``patches_latent``) brings its ``decode``, so written images are decoded."""
-    from dataclasses import replace
-
-    from .eval.user_model import as_user_model
-
-    decode = getattr(model, "decode", None)
-    return replace(as_user_model(model, name), decode=decode) if callable(decode) else as_user_model(model, name)
 
 
 def draw(model, args, opts: dict, device, start: int, stop: int) -> torch.Tensor:

@@ -96,3 +96,55 @@ def plot_claim(result: dict, path, tail: dict | None = None) -> None:
         plot_claim6(result, path, tail)
     else:
         plot_claim7(result, path)
+
+
+def plot_grids(claim: int, entries: list, path) -> None:
+    """Quality vs NFE of the rows a grid claim compares: one panel per testbed grid, one line per (table,
+    row) with its 95% interval over seeds, the floor (reference vs reference) dashed. ``entries``: ``(grid
+    path, table, labels[, metric])`` as ``from_grids.CLAIMS`` lists them."""
+    import json
+
+    panels: dict = {}
+    for file, table, labels, *metric in entries:
+        panels.setdefault(file, []).append((table, labels, metric[0] if metric else None))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    colors = plt.get_cmap("tab10")
+    for ax, (file, specs) in zip(axes.flat, panels.items()):
+        grid = json.loads(file.read_text())
+        from covkernels.eval.testbeds import get_testbed
+
+        testbed = get_testbed(grid["config"]["model"])
+        metric = specs[0][2] or testbed.main_metric
+        drawn: list = []
+        for table, labels, _ in specs:
+            for label in labels:
+                if (table, label) in drawn:
+                    continue
+                cells = sorted((c for c in grid["cells"] if c["table"] == table and c["sampler"] == label),
+                               key=lambda c: c["nfe_budget"])
+                if not cells:
+                    continue
+                drawn.append((table, label))
+                nfe = [c["nfe_budget"] for c in cells]
+                mean = [c[metric] for c in cells]
+                err = [[m - c[f"{metric}_ci95"][0] for m, c in zip(mean, cells)],
+                       [c[f"{metric}_ci95"][1] - m for m, c in zip(mean, cells)]]
+                ax.errorbar(nfe, mean, yerr=err, marker="o", ms=3, capsize=2, color=colors(len(drawn) - 1),
+                            ls="-" if table == "default" else "--", label=f"{label} ({table})")
+        if metric in grid.get("floor", {}):
+            ax.axhline(grid["floor"][metric], color="grey", ls=":", lw=1, label="floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE budget")
+        ax.set_title(f"{grid['config']['model']}: {metric} (N={grid['config']['num_samples']}, "
+                     f"{len(grid['config']['seeds'])} seeds, 95% CI)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"claim {claim}: quality vs NFE (lower is better)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

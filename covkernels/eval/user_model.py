@@ -97,7 +97,13 @@ class UserModel:
         if self.decode is None:
             return samples
         with torch.no_grad():
-            return self.decode(samples)
+            images = self.decode(samples)
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3) \
+                or images.shape[0] != samples.shape[0]:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"UserModel.decode must return images (B, 1 or 3, H, W) for {samples.shape[0]} "
+                             f"samples, got {got}")
+        return images
 
     def sampling_model(self):
         """The denoiser the samplers call: guided where ``guidance`` is set."""
@@ -215,8 +221,9 @@ def as_user_model(obj, spec: str = "model") -> UserModel:
         return UserModel(DiffusersDenoiser(net, obj.scheduler), _sample_shape(net, 1)[1:], name=name)
     shape = getattr(obj, "event_shape", None)
     if callable(obj) and shape is not None:
+        decode = getattr(obj, "decode", None)  # a latent model brings its decoder (patches_latent does)
         try:
-            return UserModel(obj, tuple(shape), name=name)
+            return UserModel(obj, tuple(shape), name=name, decode=decode if callable(decode) else None)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"--model {spec!r}: {exc}") from exc
     raise TypeError(f"--model {spec!r}: the factory returned a {type(obj).__name__}; it must return {CONTRACT}"

@@ -70,13 +70,16 @@ class PatchesLatentDenoiser(DigitsDenoiser):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch: int = 1024) -> torch.Tensor:
         """Images ``(B, 3, 16, 16)`` of latents ``z (B, 4, 8, 8)``, in chunks of ``batch``."""
-        z = z.to(self.autoencoder.latent_scale.dtype)
-        return torch.cat([self.autoencoder.decode(c) for c in z.split(batch)]) if len(z) else z.new_zeros(0, *IMAGE_SHAPE)
+        device, z = z.device, z.to(self.autoencoder.latent_scale)  # the model's device and dtype
+        if not len(z):
+            return z.new_zeros(0, *IMAGE_SHAPE, device=device)
+        return torch.cat([self.autoencoder.decode(c) for c in z.split(batch)]).to(device)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
         """Latents ``(B, 4, 8, 8)`` of images ``x (B, 3, 16, 16)`` in [-1, 1], in chunks of ``batch``."""
-        return torch.cat([self.autoencoder.encode(c) for c in x.split(batch)])
+        device, x = x.device, x.to(self.autoencoder.latent_scale)
+        return torch.cat([self.autoencoder.encode(c) for c in x.split(batch)]).to(device)
 
 
 def patches_latent_denoiser() -> PatchesLatentDenoiser:

@@ -22,10 +22,13 @@ from .registry import register
           variants={"cov_ddim/identity": {"basis": "identity"}, "cov_ddim/dct": {"basis": "dct"},
                     "cov_ddim/convdct": {"basis": "convdct"},
                     # the averaging ablation (docs/claims.md, claim 4): over space, over both, over neither
+                    # (both keys explicit, so a shared grid option cannot turn one row into another)
                     "cov_ddim/convdct-avg-spatial": {"basis": "convdct", "channel_average": False,
                                                      "spatial_average": True},
-                    "cov_ddim/convdct-avg-global": {"basis": "convdct", "spatial_average": True},
-                    "cov_ddim/convdct-avg-none": {"basis": "convdct", "channel_average": False}})
+                    "cov_ddim/convdct-avg-global": {"basis": "convdct", "channel_average": True,
+                                                    "spatial_average": True},
+                    "cov_ddim/convdct-avg-none": {"basis": "convdct", "channel_average": False,
+                                                  "spatial_average": False}})
 @torch.no_grad()
 def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, eta=0.0, basis="convdct",
                     block=8, stride=None, c_max=1.0, channel_average=True, spatial_average=False,
@@ -44,7 +47,7 @@ def sample_cov_ddim(model, x, sigmas, extra_args=None, callback=None, disable=No
     check_basis(basis, block, x)
     stride = check_stride_option(stride, basis, block, x)
     check_channel_average(channel_average, x)
-    spatial_average = check_spatial_average(spatial_average, basis, x, compile)
+    spatial_average = check_spatial_average(spatial_average, basis, block, stride, x, compile)
     c_max = check_c_max(c_max, allow_none=True)
     cov_sigma_max = check_cov_sigma_max(cov_sigma_max)
     ctx = StepContext(model, x, extra_args, generator=generator, sample_offset=sample_offset, backend=backend,

@@ -52,6 +52,8 @@ def averaged_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, 
     step op, so that the coefficients can also be averaged over block positions (``tile``: the block, 1 for
     pixels; None: not). The fused op averages over channels only; with ``tile=None`` this reproduces it
     (same probes, same noise: tested). Returns ``(x_s, denoised)``."""
+    if tile is not None and basis == "dct":
+        raise ValueError("averaged_step: the global DCT is one block; spatial averaging needs convdct or identity")
     sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
     wd = work_dtype(x.dtype)
     denoised, zs, fjvs = None, [], []

@@ -123,10 +123,10 @@ def check_stride_option(stride, basis, block, x: torch.Tensor) -> int | None:
     return None if stride == block else stride
 
 
-def check_spatial_average(spatial_average, basis: str, x: torch.Tensor, compile) -> bool:
-    """``spatial_average`` a bool; True needs images and a basis with more than one block position (not the
-    global ``dct``), and is refused with ``compile=True`` (the compiled step is the fused op, which averages
-    over channels only)."""
+def check_spatial_average(spatial_average, basis: str, block: int, stride, x: torch.Tensor, compile) -> bool:
+    """``spatial_average`` a bool; True needs images with more than one block position (so not the global
+    ``dct``, nor a ``convdct`` block as large as the image without a smaller ``stride``), and is refused with
+    ``compile=True`` (the compiled step is the fused op, which averages over channels only)."""
     if not check_bool(spatial_average, "spatial_average"):
         return False
     if x.dim() != 4:
@@ -134,6 +134,10 @@ def check_spatial_average(spatial_average, basis: str, x: torch.Tensor, compile)
     if basis == "dct":
         raise ValueError("spatial_average=True does not apply to basis='dct': the global DCT is one block, with "
                          "no block positions to average over; use basis='convdct' or 'identity'")
+    tile = 1 if basis == "identity" else block
+    if (x.shape[-2] // tile) * (x.shape[-1] // tile) == 1 and stride is None:
+        raise ValueError(f"spatial_average=True does not apply to {x.shape[-2]} x {x.shape[-1]} images with "
+                         f"basis={basis!r}, block={block}: one block position, nothing to average over")
     if compile is True:
         raise ValueError("spatial_average=True is not available with compile=True (the compiled step runs the "
                          "fused op, which averages over channels only)")

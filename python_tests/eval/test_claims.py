@@ -171,7 +171,7 @@ def test_grid_verdicts_quoted_in_the_ledger_match_the_committed_grids():
     rows = {}
     for files, table, sampler, rivals in fg.CLAIMS[1] + fg.CLAIMS[9]:
         for name in files:
-            if (fg.RESULTS / name).exists():
+            if (fg.RESULTS / name).exists() and not name.startswith("claims/"):  # the 6-8 NFE package grids
                 for r in fg.compare(fg.RESULTS / name, table, sampler, rivals):
                     rows[(r["testbed"], r["table"], r["nfe"], r["sampler"], r["rival"])] = r["verdict"]
     best_2m = [v for k, v in rows.items() if k[1] == "best" and k[4] == "dpmpp_2m"]
@@ -208,7 +208,7 @@ def test_claim8_verdicts_quoted_in_the_ledger_match_its_grid():
                 rows[(r["testbed"], r["nfe"], r["sampler"], r["rival"])] = r["verdict"]
 
     def tally(sampler, rival):
-        found = [v for (_, _, s, r), v in rows.items() if (s, r) == (sampler, rival)]
+        found = [v for (t, _, s, r), v in rows.items() if (s, r) == (sampler, rival) and t in fg.ORACLES]
         return found.count("win"), found.count("tie"), found.count("loss")
 
     assert tally("lanczos/k3", "diag_hutchinson") == (9, 9, 0)

@@ -76,12 +76,37 @@ def test_scorer_decodes_then_scores_like_patches(model):
         LatentPatchesScorer(get_model("gaussian", size=16), 64, 0)
 
 
+@pytest.mark.parametrize("model_arg", ["patches_latent", "covkernels.models.patches_latent:patches_latent_denoiser"],
+                         ids=["testbed", "factory"])
+def test_export_writes_decoded_images(tmp_path, model_arg):
+    import numpy as np
+
+    code, _, err = run_cli(["sample", "--model", model_arg, "--sampler", "ddim", "--steps", "3", "--num", "2",
+                            "--out-dir", str(tmp_path / "out"), "--format", "npz", "--quiet"], tmp_path)
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "samples.npz")["arr_0"].shape == (2, 16, 16, 3)
+
+
+def test_decode_moves_latents_to_the_model_and_images_back():
+    moved = get_model("patches_latent").to("meta")  # a stand-in for a GPU: the model elsewhere than the latents
+    seen = []
+
+    def fake_decode(c):  # the meta autoencoder cannot compute: record where its input is, answer on the CPU
+        seen.append(c.device.type)
+        return torch.zeros(c.shape[0], 3, 16, 16)
+
+    moved.autoencoder.decode = fake_decode
+    assert moved.decode(torch.zeros(2, 4, 8, 8)).device.type == "cpu" and seen == ["meta"]
+
+
 def test_user_model_decode():
     user = UserModel(lambda x, s: x, (4, 8, 8), decode=lambda z: z[:, :3].repeat_interleave(2, -1).repeat_interleave(2, -2))
     assert user.images(torch.zeros(2, 4, 8, 8)).shape == (2, 3, 16, 16)
     assert UserModel(lambda x, s: x, (3, 8, 8)).images(torch.ones(1, 3, 8, 8)).shape == (1, 3, 8, 8)
     with pytest.raises(TypeError, match="decode"):
         UserModel(lambda x, s: x, (4, 8, 8), decode="vae")
+    with pytest.raises(ValueError, match="decode must return images"):
+        UserModel(lambda x, s: x, (4, 8, 8), decode=lambda z: z).images(torch.zeros(2, 4, 8, 8))
 
 
 def test_cli_writes_decoded_images(tmp_path):

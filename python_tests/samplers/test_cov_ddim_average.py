@@ -85,6 +85,35 @@ def test_spatial_average_step_is_exact_for_a_basis_diagonal_jacobian(channel_ave
     torch.testing.assert_close(x_s, want, rtol=1e-6, atol=1e-6)  # finite-difference JVP on a linear map
 
 
+def test_the_sampler_passes_spatial_average_to_its_step():
+    # one covariance step 2 -> 0.5 then the plain last step to 0 (D of the state): the sampler's output is the
+    # hand-composed averaged step's, and differs from the unaveraged one
+    g = gen(4)
+    c = torch.rand(1, 3, 16, 16, generator=g, dtype=F64)
+    model = lambda x, s: synthesis(c * analysis(x, "convdct", 8), "convdct", 8)  # noqa: E731
+    x = torch.randn(2, 3, 16, 16, generator=g, dtype=F64) * 2.0
+    run = dict(eta=1.0, basis="convdct", channel_average=False, generator=gen(7), jvp="finite_difference",
+               backend="reference", disable=True, **EVERY_STEP)
+    sigmas = torch.tensor([2.0, 0.5, 0.0], dtype=F64)
+    out = get_sampler("cov_ddim")(model, x, sigmas, spatial_average=True, **run)
+    x_s, _ = structured_step(_context(model, x, "reference"), x, 0, 2.0, 0.5, eta=1.0, basis="convdct", block=8,
+                             channel_average=False, c_max=1.0, spatial_average=True)
+    torch.testing.assert_close(out, model(x_s, None), rtol=1e-12, atol=1e-12)
+    plain = get_sampler("cov_ddim")(model, x, sigmas, spatial_average=False, **{**run, "generator": gen(7)})
+    assert float((plain - out).abs().max()) > 1e-3
+
+
+def test_spatial_average_on_the_overlapping_frame_changes_the_step():
+    model = lambda x, s: torch.tanh(x) / (1 + s[:, None, None, None] ** 2) ** 0.5  # noqa: E731
+    x = torch.randn(2, 3, 16, 16, generator=gen(8), dtype=F64)
+    kw = dict(eta=1.0, basis="convdct", block=8, channel_average=True, c_max=1.0, stride=4)
+    a, _ = structured_step(_context(model, x, "reference"), x, 1, 2.0, 0.5, spatial_average=True, **kw)
+    b, _ = structured_step(_context(model, x, "reference"), x, 1, 2.0, 0.5, spatial_average=False, **kw)
+    again, _ = structured_step(_context(model, x, "reference"), x, 1, 2.0, 0.5, spatial_average=True, **kw)
+    assert bool(torch.isfinite(a).all()) and float((a - b).abs().max()) > 1e-4
+    torch.testing.assert_close(a, again, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("label", ["cov_ddim/convdct-avg-spatial", "cov_ddim/convdct-avg-global",
                                    "cov_ddim/convdct-avg-none"])
 def test_averaging_variants_are_grid_rows_that_sample(label):
@@ -107,5 +136,10 @@ def test_spatial_average_refused_where_it_does_not_apply():
         sampler(model, x, sigmas, spatial_average=True, compile=True)
     with pytest.raises(TypeError, match="spatial_average must be a bool"):
         sampler(model, x, sigmas, spatial_average="yes")
+    with pytest.raises(ValueError, match="one block position"):
+        sampler(model, torch.randn(1, 3, 8, 8), sigmas, spatial_average=True)
+    with pytest.raises(ValueError, match="global DCT"):
+        averaged_step(_context(model, x, "reference"), x, 0, 1.0, 0.5, eta=0.0, basis="dct", block=8,
+                      channel_average=True, c_max=1.0, tile=8)
     with pytest.raises(ValueError, match="spatial_average.*images"):
         sampler(model, torch.randn(2, 8), sigmas, basis="identity", channel_average=False, spatial_average=True)
