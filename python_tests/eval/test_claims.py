@@ -217,3 +217,49 @@ def test_claim8_verdicts_quoted_in_the_ledger_match_its_grid():
     wins = {t: sorted(n for (tb, n, s, r), v in rows.items() if tb == t and (s, r) == ("lanczos/k3", "diag_hutchinson")
                       and v == "win") for t in ("gaussian", "gmm")}
     assert wins == {"gaussian": [10, 20, 40, 50, 80, 100, 200], "gmm": [10, 20]}
+
+
+def _grid_rows(claim: int) -> dict:
+    """(testbed, nfe, table, sampler, rival, metric) -> verdict over the claim's committed grids."""
+    import from_grids as fg
+
+    rows = {}
+    for files, table, sampler, rivals, *metric in fg.CLAIMS[claim]:
+        for name in files:
+            for r in fg.compare(fg.RESULTS / name, table, sampler, rivals, *metric):
+                rows[(r["testbed"], r["nfe"], table, sampler, r["rival"], r["metric"])] = r["verdict"]
+    return rows
+
+
+def _tally(rows: dict, **match) -> tuple[int, int, int]:
+    keys = ("testbed", "nfe", "table", "sampler", "rival", "metric")
+    found = [v for k, v in rows.items() if all(dict(zip(keys, k))[f] in want for f, want in match.items())]
+    return found.count("win"), found.count("tie"), found.count("loss")
+
+
+def test_claim8_real_image_verdicts_quoted_in_the_ledger_match_its_grid():
+    rows = _grid_rows(8)
+    real = ("digits_ideal", "digits", "patches", "patches_flow")
+    assert _tally(rows, testbed=real, sampler=["lanczos/k3"], rival=["diag_hutchinson"]) == (9, 9, 0)
+    assert _tally(rows, testbed=real, sampler=["lanczos/k3"], rival=["ddpm"]) == (5, 13, 0)
+    assert _tally(rows, testbed=["patches"], sampler=["lanczos/k3"], rival=["diag_hutchinson"]) == (4, 0, 0)
+    assert _tally(rows, testbed=["patches"], sampler=["lanczos/k3"], rival=["ddpm"]) == (3, 1, 0)
+    assert _tally(rows, testbed=["patches_flow"], sampler=["lanczos/k3"]) == (4, 4, 0)
+
+
+def test_claim4_verdicts_quoted_in_the_ledger_match_its_grid():
+    rows = _grid_rows(4)
+    spatial, glob, none = (f"cov_ddim/convdct-avg-{k}" for k in ("spatial", "global", "none"))
+    for rival in (spatial, glob):
+        assert [rows[("patches", n, "best", "cov_ddim/convdct", rival, "fd_features")] for n in (4, 8, 16)] == \
+            ["loss", "loss", "tie"]
+    for testbed in ("patches", "patches_flow"):
+        assert [rows[(testbed, n, "best", "cov_ddim/convdct", none, "fd_features")] for n in (4, 8, 16)] == \
+            ["win", "win", "tie"]
+    assert _tally(rows, testbed=["patches_flow"], rival=[spatial]) == (0, 3, 0)
+    assert _tally(rows, testbed=["patches_flow"], rival=[glob]) == (1, 2, 0)
+    oracles = ("gaussian", "gmm")
+    assert [_tally(rows, testbed=oracles, rival=[r], metric=["fd_pooled"]) for r in (spatial, glob, none)] == \
+        [(0, 5, 1), (1, 4, 1), (1, 4, 1)]
+    assert [_tally(rows, testbed=oracles, rival=[r], metric=["spectrum_error"]) for r in (spatial, glob, none)] == \
+        [(1, 4, 1), (0, 5, 1), (1, 2, 3)]
