@@ -31,6 +31,7 @@ CLAIM2 = [f"claims/claim2/quality_{t}.json" for t in REAL]
 CLAIM4 = [f"claims/claim4/quality_{t}.json" for t in ("gaussian", "gmm", "patches", "patches_flow")]
 CLAIM4_ORACLES = CLAIM4[:2]
 CLAIM5 = [f"claims/claim5/quality_{t}.json" for t in ("patches_latent", "patches")]
+CLAIM1_PUBLISHED = [(f"claims/claim3/quality_{t}.json", f"claims/claim1_published/quality_{t}.json") for t in ALL]
 AVERAGING = ["cov_ddim/convdct-avg-spatial", "cov_ddim/convdct-avg-global", "cov_ddim/convdct-avg-none"]
 
 # claim -> list of (grid files, table, sampler, rivals[, metric]); labels as the grids spell them. Claim 8 on
@@ -38,7 +39,11 @@ AVERAGING = ["cov_ddim/convdct-avg-spatial", "cov_ddim/convdct-avg-global", "cov
 # under-dispersion at N ~ d (docs/testbeds.md), so they cannot rank samplers that differ in their noise.
 CLAIMS = {
     1: [([f"best/quality_{t}.json" for t in ALL], "best", "cov_ddim/dct", ["dpmpp_2m", "addim"]),
-        ([f"quality_{t}.json" for t in ALL], "default", "cov_ddim/dct", ["heun", "dpmpp_2m", "addim"])],
+        ([f"quality_{t}.json" for t in ALL], "default", "cov_ddim/dct", ["heun", "dpmpp_2m", "addim"]),
+        # the published configuration: the claim 3 grid's cov_ddim rows (covariance on every step) against the
+        # rivals of a grid with the same settings
+        (CLAIM1_PUBLISHED, "best", "cov_ddim/dct", ["heun", "dpmpp_2m", "addim"]),
+        (CLAIM1_PUBLISHED, "best", "cov_ddim/convdct", ["heun", "dpmpp_2m", "addim"])],
     9: [([f"quality_{t}.json" for t in ALL], "default", "addim", ["ddim"]),
         # the claim 2 and 5 grids hold both rows too: 8-128 NFE (Karras to 0.002), and 4-32 NFE on both tables
         (CLAIM2, "default", "addim", ["ddim"]),
@@ -60,7 +65,8 @@ CLAIMS = {
 }
 
 
-FIGURES = (2, 3, 4, 5, 8)  # claims whose grids span enough budgets for a quality-vs-NFE picture
+FIGURES = (1, 2, 3, 4, 5, 8)  # claims with grids over enough budgets for a quality-vs-NFE picture (1: the
+# published configuration's)
 
 
 def cells_of(grid: dict) -> list[dict]:
@@ -68,13 +74,32 @@ def cells_of(grid: dict) -> list[dict]:
     return list(cells.values()) if isinstance(cells, dict) else list(cells)
 
 
-def compare(path: Path, table: str, sampler: str, rivals: list[str], metric: str | None = None) -> list[dict]:
-    """One row per (NFE budget, rival) present in the grid, on ``metric`` (default: the main metric)."""
+# What two grids must share for their cells to pair seed by seed (same samples' seeds, same scorer references,
+# same tuning): the rows of one grid compared with the rows of another run with the same settings.
+PAIRING_KEYS = ("model", "num_samples", "seeds", "tuning", "schedule", "sigma_min", "sigma_max", "rho")
+
+
+def split(name) -> tuple[str, str]:
+    """``(grid of the sampler, grid of the rivals)`` of a CLAIMS file entry: a path, or a pair of paths."""
+    return (name, name) if isinstance(name, str) else tuple(name)
+
+
+def compare(path: Path, table: str, sampler: str, rivals: list[str], metric: str | None = None,
+            rival_path: Path | None = None) -> list[dict]:
+    """One row per (NFE budget, rival) present in the grid, on ``metric`` (default: the main metric); the rivals'
+    cells from ``rival_path`` where given (a grid run with the same settings: :data:`PAIRING_KEYS`)."""
     grid = json.loads(path.read_text())
     testbed = get_testbed(grid["config"]["model"])
     metric = metric or testbed.main_metric
     lower = testbed.metrics[metric][1]
     index = {(c["table"], c["sampler"], c["nfe_budget"]): c for c in cells_of(grid)}
+    if rival_path is not None and rival_path != path:
+        other = json.loads(rival_path.read_text())
+        differ = [k for k in PAIRING_KEYS if grid["config"].get(k) != other["config"].get(k)]
+        if differ:
+            raise ValueError(f"{path} and {rival_path} cannot be paired: their {differ} differ")
+        index.update({(c["table"], c["sampler"], c["nfe_budget"]): c for c in cells_of(other)
+                      if c["sampler"] in rivals})
     rows = []
     for (tab, name, nfe), cell in sorted(index.items(), key=lambda kv: kv[0][2]):
         if tab != table or name != sampler:
@@ -84,7 +109,8 @@ def compare(path: Path, table: str, sampler: str, rivals: list[str], metric: str
             if other is None:
                 continue
             cmp = paired(cell[f"{metric}_per_seed"], other[f"{metric}_per_seed"], lower)
-            rows.append({"grid": str(path.relative_to(RESULTS)), "testbed": grid["config"]["model"],
+            rows.append({"grid": str(path.relative_to(RESULTS)),
+                         "rival_grid": str((rival_path or path).relative_to(RESULTS)), "testbed": grid["config"]["model"],
                          "table": table, "nfe": nfe, "metric": metric, "lower_is_better": lower,
                          "sampler": sampler, "rival": rival, "seeds": len(cell["seeds"]),
                          "num_samples": grid["config"]["num_samples"],
@@ -106,11 +132,11 @@ def markdown(claim: int, rows: list[dict], command: str) -> str:
                      f"[{r['diff_ci95'][0]:+.3g}, {r['diff_ci95'][1]:+.3g}] | {r['verdict']} |")
     tally = {}
     for r in rows:
-        key = (r["table"], r["sampler"], r["rival"], r["metric"])
+        key = (r["grid"].rpartition("/")[0] or ".", r["table"], r["sampler"], r["rival"], r["metric"])
         tally.setdefault(key, {"win": 0, "tie": 0, "loss": 0})[r["verdict"]] += 1
-    lines += ["", "Tally (win / tie / loss of the sampler):", ""]
-    lines += [f"- {table} schedule, {sampler} vs {rival} ({metric}): {t['win']} / {t['tie']} / {t['loss']}"
-              for (table, sampler, rival, metric), t in tally.items()]
+    lines += ["", "Tally (win / tie / loss of the sampler; grids in benchmarks/results/<folder>):", ""]
+    lines += [f"- {folder}: {table} schedule, {sampler} vs {rival} ({metric}): {t['win']} / {t['tie']} / {t['loss']}"
+              for (folder, table, sampler, rival, metric), t in tally.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -122,9 +148,9 @@ def main(argv=None) -> int:
     rows = []
     for files, table, sampler, rivals, *metric in CLAIMS[args.claim]:
         for name in files:
-            path = RESULTS / name
-            if path.exists():
-                rows += compare(path, table, sampler, rivals, *metric)
+            mine, theirs = split(name)
+            if (RESULTS / mine).exists() and (RESULTS / theirs).exists():
+                rows += compare(RESULTS / mine, table, sampler, rivals, *(metric or [None]), RESULTS / theirs)
     command = f"python benchmarks/claims/from_grids.py --claim {args.claim}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"claim{args.claim}_grids.json").write_text(json.dumps({"command": command, "rows": rows},
@@ -135,9 +161,11 @@ def main(argv=None) -> int:
     if args.claim in FIGURES:
         from plots import plot_grids
 
-        plot_grids(args.claim, [(RESULTS / f, table, [sampler, *rivals], *metric)
-                                for files, table, sampler, rivals, *metric in CLAIMS[args.claim] for f in files
-                                if (RESULTS / f).exists()], args.out / f"claim{args.claim}_grids.png")
+        pairs = [(tuple(RESULTS / p for p in split(f)), table, [sampler, *rivals], *metric)
+                 for files, table, sampler, rivals, *metric in CLAIMS[args.claim] for f in files]
+        plot_grids(args.claim, [(p if p[0] != p[1] else p[0], *rest) for p, *rest in pairs
+                                if p[0].exists() and p[1].exists() and (args.claim != 1 or p[0] != p[1])],
+                   args.out / f"claim{args.claim}_grids.png")
     return 0
 
 

@@ -101,12 +101,14 @@ def plot_claim(result: dict, path, tail: dict | None = None) -> None:
 def plot_grids(claim: int, entries: list, path) -> None:
     """Quality vs NFE of the rows a grid claim compares: one panel per testbed grid, one line per (table,
     row) with its 95% interval over seeds, the floor (reference vs reference) dashed. ``entries``: ``(grid
-    path, table, labels[, metric])`` as ``from_grids.CLAIMS`` lists them."""
+    path, table, labels[, metric])`` as ``from_grids.CLAIMS`` lists them; the path may be a pair (the grid of
+    the first label, the grid of the others), whose cells are drawn in one panel."""
     import json
 
     panels: dict = {}
     for file, table, labels, *metric in entries:
-        panels.setdefault(file, []).append((table, labels, metric[0] if metric else None))
+        mine, theirs = (file, file) if not isinstance(file, tuple) else file
+        panels.setdefault(mine, []).append((table, labels, metric[0] if metric else None, theirs))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
@@ -115,12 +117,14 @@ def plot_grids(claim: int, entries: list, path) -> None:
     colors = plt.get_cmap("tab10")
     for ax, (file, specs) in zip(axes.flat, panels.items()):
         grid = json.loads(file.read_text())
+        for other in {theirs for *_, theirs in specs if theirs != file}:
+            grid["cells"] = list(grid["cells"]) + list(json.loads(other.read_text())["cells"])
         from covkernels.eval.testbeds import get_testbed
 
         testbed = get_testbed(grid["config"]["model"])
         metric = specs[0][2] or testbed.main_metric
         drawn: list = []
-        for table, labels, _ in specs:
+        for table, labels, _, _ in specs:
             for label in labels:
                 if (table, label) in drawn:
                     continue

@@ -171,7 +171,8 @@ def test_grid_verdicts_quoted_in_the_ledger_match_the_committed_grids():
     rows = {}
     for files, table, sampler, rivals in fg.CLAIMS[1] + fg.CLAIMS[9]:
         for name in files:
-            if (fg.RESULTS / name).exists() and not name.startswith("claims/"):  # the 6-8 NFE package grids
+            if isinstance(name, str) and (fg.RESULTS / name).exists() and not name.startswith("claims/"):
+                # the 6-8 NFE package grids
                 for r in fg.compare(fg.RESULTS / name, table, sampler, rivals):
                     rows[(r["testbed"], r["table"], r["nfe"], r["sampler"], r["rival"])] = r["verdict"]
     best_2m = [v for k, v in rows.items() if k[1] == "best" and k[4] == "dpmpp_2m"]
@@ -226,7 +227,8 @@ def _grid_rows(claim: int) -> dict:
     rows = {}
     for files, table, sampler, rivals, *metric in fg.CLAIMS[claim]:
         for name in files:
-            for r in fg.compare(fg.RESULTS / name, table, sampler, rivals, *metric):
+            mine, theirs = fg.split(name)
+            for r in fg.compare(fg.RESULTS / mine, table, sampler, rivals, *(metric or [None]), fg.RESULTS / theirs):
                 rows[(r["testbed"], r["nfe"], table, sampler, r["rival"], r["metric"])] = r["verdict"]
     return rows
 
@@ -263,3 +265,41 @@ def test_claim4_verdicts_quoted_in_the_ledger_match_its_grid():
         [(0, 5, 1), (1, 4, 1), (1, 4, 1)]
     assert [_tally(rows, testbed=oracles, rival=[r], metric=["spectrum_error"]) for r in (spatial, glob, none)] == \
         [(1, 4, 1), (0, 5, 1), (1, 2, 3)]
+
+
+def test_claim2_verdicts_quoted_in_the_ledger_match_its_grid():
+    rows = _grid_rows(2)
+    for basis in ("cov_ddim/dct", "cov_ddim/convdct"):
+        assert _tally(rows, sampler=[basis], rival=["addim"]) == (0, 9, 6)
+        assert all(rows[(t, 128, "default", basis, r, "fd_features")] == "tie"
+                   for t in ("digits_ideal", "digits", "patches") for r in ("addim", "ddim"))
+    assert _tally(rows, sampler=["cov_ddim/dct"], rival=["ddim"]) == (1, 10, 4)
+    assert _tally(rows, sampler=["cov_ddim/convdct"], rival=["ddim"]) == (0, 10, 5)
+    assert rows[("patches", 8, "default", "cov_ddim/dct", "ddim", "fd_features")] == "win"
+
+
+def test_claim5_verdicts_quoted_in_the_ledger_match_its_grid():
+    rows = _grid_rows(5)
+    for testbed in ("patches_latent", "patches"):
+        for table in ("default", "best"):
+            # the sampler is ddim: a "win" means DDIM beats the structured noise
+            assert rows[(testbed, 4, table, "ddim", "cov_ddim/dct", "fd_features")] == "win"
+    for table in ("default", "best"):
+        assert rows[("patches_latent", 8, table, "ddim", "cov_ddim/dct", "fd_features")] == "loss"
+        assert [rows[("patches_latent", n, table, "ddim", "cov_ddim/dct", "fd_features")] for n in (16, 32)] == \
+            ["tie", "tie"]
+    assert _tally(rows, testbed=["patches_latent"], rival=["addim", "dpmpp_2m"]) == (0, 2, 14)
+
+
+def test_claim9_verdicts_from_the_claim2_and_claim5_grids():
+    import from_grids as fg
+
+    rows = {}
+    for files, table, sampler, rivals in fg.CLAIMS[9]:
+        for name in (n for n in files if n.startswith("claims/")):
+            for r in fg.compare(fg.RESULTS / name, table, sampler, rivals):
+                rows[(r["testbed"], r["nfe"], table, r["grid"].split("/")[1])] = r["verdict"]
+    natural = [v for (t, n, _, _), v in rows.items() if t in ("patches", "patches_latent") and n <= 32]
+    assert (natural.count("win"), natural.count("tie"), natural.count("loss")) == (17, 2, 0)
+    digits = [v for (t, *_), v in rows.items() if t in ("digits_ideal", "digits")]
+    assert (digits.count("win"), digits.count("loss")) == (0, 3)
