@@ -79,6 +79,11 @@ def cells_of(grid: dict) -> list[dict]:
 PAIRING_KEYS = ("model", "num_samples", "seeds", "tuning", "schedule", "sigma_min", "sigma_max", "rho")
 
 
+def _name(path: Path) -> str:
+    """A grid's path as the rows name it: relative to ``benchmarks/results`` where it lies there."""
+    return str(path.relative_to(RESULTS)) if path.is_relative_to(RESULTS) else str(path)
+
+
 def split(name) -> tuple[str, str]:
     """``(grid of the sampler, grid of the rivals)`` of a CLAIMS file entry: a path, or a pair of paths."""
     return (name, name) if isinstance(name, str) else tuple(name)
@@ -109,8 +114,7 @@ def compare(path: Path, table: str, sampler: str, rivals: list[str], metric: str
             if other is None:
                 continue
             cmp = paired(cell[f"{metric}_per_seed"], other[f"{metric}_per_seed"], lower)
-            rows.append({"grid": str(path.relative_to(RESULTS)),
-                         "rival_grid": str((rival_path or path).relative_to(RESULTS)), "testbed": grid["config"]["model"],
+            rows.append({"grid": _name(path), "rival_grid": _name(rival_path or path), "testbed": grid["config"]["model"],
                          "table": table, "nfe": nfe, "metric": metric, "lower_is_better": lower,
                          "sampler": sampler, "rival": rival, "seeds": len(cell["seeds"]),
                          "num_samples": grid["config"]["num_samples"],

@@ -303,3 +303,34 @@ def test_claim9_verdicts_from_the_claim2_and_claim5_grids():
     assert (natural.count("win"), natural.count("tie"), natural.count("loss")) == (17, 2, 0)
     digits = [v for (t, *_), v in rows.items() if t in ("digits_ideal", "digits")]
     assert (digits.count("win"), digits.count("loss")) == (0, 3)
+
+
+def test_claim1_published_configuration_verdicts_quoted_in_the_ledger():
+    import from_grids as fg
+
+    rows = {}
+    for files, table, sampler, rivals in fg.CLAIMS[1]:
+        for name in (n for n in files if not isinstance(n, str)):
+            mine, theirs = fg.split(name)
+            for r in fg.compare(fg.RESULTS / mine, table, sampler, rivals, None, fg.RESULTS / theirs):
+                rows[(r["testbed"], r["nfe"], table, sampler, r["rival"], r["metric"])] = r["verdict"]
+    assert _tally(rows, sampler=["cov_ddim/dct"], rival=["dpmpp_2m"]) == (0, 13, 12)
+    assert _tally(rows, sampler=["cov_ddim/convdct"], rival=["dpmpp_2m"]) == (0, 9, 16)
+    assert _tally(rows, sampler=["cov_ddim/dct"], rival=["addim"]) == (5, 14, 6)
+    assert _tally(rows, sampler=["cov_ddim/convdct"], rival=["addim"]) == (3, 13, 9)
+    assert _tally(rows, sampler=["cov_ddim/dct"], rival=["heun"]) == (9, 11, 5)
+    assert _tally(rows, sampler=["cov_ddim/convdct"], rival=["heun"]) == (8, 10, 7)
+    assert [rows[("patches", n, "best", "cov_ddim/dct", "addim", "fd_features")] for n in (6, 8)] == ["win", "win"]
+
+
+def test_pairing_across_grids_refuses_different_settings(tmp_path):
+    import json
+
+    import from_grids as fg
+
+    mine = fg.RESULTS / "claims/claim3/quality_patches.json"
+    other = json.loads((fg.RESULTS / "claims/claim1_published/quality_patches.json").read_text())
+    other["config"]["num_samples"] = 128
+    (tmp_path / "g.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="num_samples"):
+        fg.compare(mine, "best", "cov_ddim/dct", ["addim"], None, tmp_path / "g.json")
