@@ -1,8 +1,8 @@
 """The trained ``patches_latent`` model: a latent diffusion model of the ``patches`` photographs, in miniature.
 
 Stable Diffusion's recipe at the scale of this package: an autoencoder maps the ``3 x 16 x 16`` photo patches
-to ``4 x 8 x 8`` latents (a 3x compression; Stable Diffusion's is 48x at 512 px), the latents are scaled to
-unit standard deviation, and an EDM denoiser is trained in that latent space. Samplers run on latents; the
+to ``4 x 8 x 8`` latents (a 3x compression; Stable Diffusion's is 48x at 512 px), the latents are scaled by
+one fixed factor (std 0.86 over the training latents), and an EDM denoiser is trained in that latent space. Samplers run on latents; the
 ``patches_latent`` testbed decodes the samples and scores them with the ``patches`` metrics against the same
 held-out patches (:class:`~covkernels.eval.scorers.LatentPatchesScorer`). It exists to test the claim that
 structured (covariance) noise helps pixel-space models but not latent ones (docs/claims.md, claim 5).
@@ -34,7 +34,8 @@ def _conv(c_in: int, c_out: int) -> nn.Conv2d:
 
 class PatchAutoencoder(nn.Module):
     """A plain convolutional autoencoder ``(B, 3, 16, 16) <-> (B, 4, 8, 8)``; ``latent_scale`` (set after
-    training) makes the training latents unit-variance, as Stable Diffusion's scale factor does."""
+    training, one fixed factor like Stable Diffusion's) makes the latents of the first 8192 training patches
+    unit-variance."""
 
     def __init__(self, width: int = 32, latent: int = EVENT_SHAPE[0]):
         super().__init__()
