@@ -54,26 +54,10 @@ def averaged_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, 
     (same probes, same noise: tested). Returns ``(x_s, denoised)``."""
     if tile is not None and basis == "dct":
         raise ValueError("averaged_step: the global DCT is one block; spatial averaging needs convdct or identity")
-    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
-    wd = work_dtype(x.dtype)
-    denoised, zs, fjvs = None, [], []
-    for p in range(probes):
-        # The coefficient-space probe is the identity basis' tangent: the same counters as the fused op's.
-        z = ctx.ops.probe_tangent(ctx.seed, x.shape, sample_offset=ctx.sample_offset, step=step, index=p,
-                                  basis="identity", dtype=wd, device=x.device)
-        mean, jv = ctx.jvp(x, sigma_t, ctx.ops.synthesis(z, basis, block).to(x.dtype), step, fresh=p == 0)
-        if p == 0:
-            denoised = mean
-        zs.append(z)
-        fjvs.append(ctx.ops.analysis(jv.to(wd), basis, block))
-    fjv = torch.stack(fjvs)
-    if ctx.mean_only_fallback:  # a sample that failed on a later probe drops its earlier probes too
-        fjv[:, ctx.fallback_mask(step, x)] = 0
-    c = hutchinson_coefficients(torch.stack(zs), fjv, channel_average=channel_average, c_max=c_max, tile=tile)
-    xi = ctx.normal(x.shape, step, dtype=wd, device=x.device)
-    std = torch.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
-    x_s = ddim_mean(denoised, x, sigma_t, sigma_down) + ctx.ops.synthesis(std * xi, basis, block)
-    return x_s.to(x.dtype), denoised
+    return _composed_step(ctx, x, step, sigma_t, sigma_s, eta=eta, draw_shape=x.shape, coef_shape=x.shape,
+                          analysis=lambda t: ctx.ops.analysis(t, basis, block),
+                          synthesis=lambda c: ctx.ops.synthesis(c, basis, block), scale=1,
+                          channel_average=channel_average, c_max=c_max, probes=probes, tile=tile)
 
 
 def overlap_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
@@ -87,34 +71,44 @@ def overlap_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, s
     covariance. Probe: ``z`` Rademacher in frame coefficients ``(B, C, R, H, W)``, ``v = A_p^T z``, estimate
     ``R z * (A_p J v)``; unlike a basis, the frame's overlaps leave this estimate noisy even where ``J`` is
     diagonal in every shift. Noise ``xi (B, C, R, H, W)``: ``x_s = m + A_p^T(sqrt(sigma_up^2 + s^2 c) xi)``.
-    ``spatial_average``: ``c`` averaged over block positions and shifts per in-block frequency. Returns ``(x_s, denoised)``."""
-    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
+    ``spatial_average``: ``c`` averaged over block positions and shifts per in-block frequency. Returns
+    ``(x_s, denoised)``."""
     b, ch, h, w = x.shape
     r2 = len(frame_shifts(block, stride))
+    # The frame's draws are the identity basis' draws of shape (B, C*R, H, W): same counters on every backend.
+    return _composed_step(ctx, x, step, sigma_t, sigma_s, eta=eta, draw_shape=(b, ch * r2, h, w),
+                          coef_shape=(b, ch, r2, h, w),
+                          analysis=lambda t: overlap_analysis(t, block, stride,
+                                                              lambda u, k: ctx.ops.analysis(u, "convdct", k)),
+                          synthesis=lambda c: overlap_synthesis(c, block, stride,
+                                                                lambda u, k: ctx.ops.synthesis(u, "convdct", k)),
+                          scale=r2, channel_average=channel_average, c_max=c_max, probes=probes,
+                          tile=block if spatial_average else None)
+
+
+def _composed_step(ctx: StepContext, x: torch.Tensor, step: int, sigma_t: float, sigma_s: float, *, eta: float,
+                   draw_shape, coef_shape, analysis, synthesis, scale: int, channel_average: bool,
+                   c_max: float | None, probes: int, tile: int | None):
+    """A structured step from the backend's streams and an ``analysis`` / ``synthesis`` pair (a basis, or the
+    overlapping frame with its ``scale = R``): Rademacher probes ``z`` and noise ``xi`` drawn as identity-basis
+    tensors of ``draw_shape`` and viewed as ``coef_shape``, the estimate ``scale * z * analysis(J synthesis(z))``
+    averaged by :func:`hutchinson_coefficients`, then ``m + synthesis(sqrt(sigma_up^2 + s^2 c) xi)``."""
+    sigma_down, sigma_up = ancestral_split(sigma_t, sigma_s, eta)
     wd = work_dtype(x.dtype)
-
-    def analysis(t):  # A_p t through the backend's fused block DCT
-        return overlap_analysis(t, block, stride, lambda u, k: ctx.ops.analysis(u, "convdct", k))
-
-    def synthesis(c):  # A_p^T c
-        return overlap_synthesis(c, block, stride, lambda u, k: ctx.ops.synthesis(u, "convdct", k))
-
     denoised, zs, fjvs = None, [], []
     for p in range(probes):
-        # The frame probe is the identity basis' probe of a (B, C*R, H, W) draw: same counters on every backend.
-        z = ctx.ops.probe_tangent(ctx.seed, (b, ch * r2, h, w), sample_offset=ctx.sample_offset, step=step,
-                                  index=p, basis="identity", dtype=wd, device=x.device).view(b, ch, r2, h, w)
+        z = ctx.ops.probe_tangent(ctx.seed, draw_shape, sample_offset=ctx.sample_offset, step=step, index=p,
+                                  basis="identity", dtype=wd, device=x.device).view(coef_shape)
         mean, jv = ctx.jvp(x, sigma_t, synthesis(z).to(x.dtype), step, fresh=p == 0)
         if p == 0:
             denoised = mean
         zs.append(z)
-        fjvs.append(analysis(jv.to(wd)) * r2)
+        fjvs.append(analysis(jv.to(wd)) * scale)
     fjv = torch.stack(fjvs)
     if ctx.mean_only_fallback:  # a sample that failed on a later probe drops its earlier probes too
         fjv[:, ctx.fallback_mask(step, x)] = 0
-    c = hutchinson_coefficients(torch.stack(zs), fjv, channel_average=channel_average, c_max=c_max,
-                                tile=block if spatial_average else None)
-    xi = ctx.normal((b, ch * r2, h, w), step, dtype=wd, device=x.device).view(b, ch, r2, h, w)
+    c = hutchinson_coefficients(torch.stack(zs), fjv, channel_average=channel_average, c_max=c_max, tile=tile)
+    xi = ctx.normal(draw_shape, step, dtype=wd, device=x.device).view(coef_shape)
     std = torch.sqrt(sigma_up ** 2 + (sigma_t - sigma_down) ** 2 * c)
     x_s = ddim_mean(denoised, x, sigma_t, sigma_down) + synthesis(std * xi)
     return x_s.to(x.dtype), denoised
