@@ -105,6 +105,8 @@ def plot_grids(claim: int, entries: list, path) -> None:
     the first label, the grid of the others), whose cells are drawn in one panel."""
     import json
 
+    from covkernels.eval.testbeds import get_testbed
+
     panels: dict = {}
     for file, table, labels, *metric in entries:
         mine, theirs = (file, file) if not isinstance(file, tuple) else file
@@ -119,8 +121,6 @@ def plot_grids(claim: int, entries: list, path) -> None:
         grid = json.loads(file.read_text())
         for other in {theirs for *_, theirs in specs if theirs != file}:
             grid["cells"] = list(grid["cells"]) + list(json.loads(other.read_text())["cells"])
-        from covkernels.eval.testbeds import get_testbed
-
         testbed = get_testbed(grid["config"]["model"])
         metric = specs[0][2] or testbed.main_metric
         drawn: list = []

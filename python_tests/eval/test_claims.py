@@ -220,13 +220,14 @@ def test_claim8_verdicts_quoted_in_the_ledger_match_its_grid():
     assert wins == {"gaussian": [10, 20, 40, 50, 80, 100, 200], "gmm": [10, 20]}
 
 
-def _grid_rows(claim: int) -> dict:
-    """(testbed, nfe, table, sampler, rival, metric) -> verdict over the claim's committed grids."""
+def _grid_rows(claim: int, keep=lambda name: True) -> dict:
+    """(testbed, nfe, table, sampler, rival, metric) -> verdict over the claim's committed grids (the file
+    entries that ``keep``)."""
     import from_grids as fg
 
     rows = {}
     for files, table, sampler, rivals, *metric in fg.CLAIMS[claim]:
-        for name in files:
+        for name in filter(keep, files):
             mine, theirs = fg.split(name)
             for r in fg.compare(fg.RESULTS / mine, table, sampler, rivals, *(metric or [None]), fg.RESULTS / theirs):
                 rows[(r["testbed"], r["nfe"], table, sampler, r["rival"], r["metric"])] = r["verdict"]
@@ -306,14 +307,7 @@ def test_claim9_verdicts_from_the_claim2_and_claim5_grids():
 
 
 def test_claim1_published_configuration_verdicts_quoted_in_the_ledger():
-    import from_grids as fg
-
-    rows = {}
-    for files, table, sampler, rivals in fg.CLAIMS[1]:
-        for name in (n for n in files if not isinstance(n, str)):
-            mine, theirs = fg.split(name)
-            for r in fg.compare(fg.RESULTS / mine, table, sampler, rivals, None, fg.RESULTS / theirs):
-                rows[(r["testbed"], r["nfe"], table, sampler, r["rival"], r["metric"])] = r["verdict"]
+    rows = _grid_rows(1, keep=lambda name: not isinstance(name, str))  # the pairs across two grids
     assert _tally(rows, sampler=["cov_ddim/dct"], rival=["dpmpp_2m"]) == (0, 13, 12)
     assert _tally(rows, sampler=["cov_ddim/convdct"], rival=["dpmpp_2m"]) == (0, 9, 16)
     assert _tally(rows, sampler=["cov_ddim/dct"], rival=["addim"]) == (5, 14, 6)
